@@ -1,0 +1,149 @@
+"""What the classification and super-resolution data modules share: where the data is, the
+simulated default dataset, the packed cache, seeded splits and the dataloaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lensexp.data.cache import cache_folder
+from lensexp.data.datasets import PackedDataset
+from lensexp.errors import LensexpError
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and val indices of `range(n)`: the same on every run and machine for a given seed."""
+    if not 0.0 < val_fraction < 1.0:
+        raise LensexpError(f"data.val_fraction={val_fraction}: must lie strictly between 0 and 1.")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise LensexpError(f"cannot split {n} images with data.val_fraction={val_fraction}.")
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class NpyDataModule(L.LightningDataModule):
+    """Base for lensexp's data modules: subclasses say how a split's files become a dataset.
+
+    `root=None` means the simulated default dataset at `default_root`, made by `prepare_data`
+    with the `simulate` settings when it is missing.
+    """
+
+    task: str = ""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        default_root: str | None = None,
+        simulate: dict[str, Any] | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        cache_dir: str | None = None,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        predict_split: str = "val",
+    ) -> None:
+        super().__init__()
+        if root is None and default_root is None:
+            raise LensexpError("data.root is not set: give data.root=DIR.")
+        self.root = Path(root if root is not None else default_root).expanduser()
+        self.simulated = root is None
+        self.simulate = dict(simulate or {})
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise LensexpError(f"data.batch_size={batch_size}: must be at least 1.")
+        self.num_workers = int(num_workers)
+        self.pin_memory = pin_memory
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.val_fraction = float(val_fraction)
+        self.split_seed = int(split_seed)
+        if predict_split not in SPLITS:
+            raise LensexpError(f"split={predict_split}: choose one of {'|'.join(SPLITS)}.")
+        self.predict_split = predict_split
+        self.datasets: dict[str, PackedDataset] = {}
+        self.files: dict[str, list[Path]] = {}
+
+    # -- subclass hooks ---------------------------------------------------------------------
+    def make_default_dataset(self) -> None:  # pragma: no cover - overridden
+        """Simulate the default dataset into `self.root`."""
+        raise NotImplementedError
+
+    def build_split(self, split: str) -> tuple[PackedDataset, list[Path]] | None:
+        """The dataset of `split` and its files in item order, or None if the split is absent."""
+        raise NotImplementedError  # pragma: no cover
+
+    def batch_transform(self, batch: Any, train: bool) -> Any:
+        """Augment or resize a batch on its device; identity by default."""
+        return batch
+
+    # -- shared machinery ---------------------------------------------------------------------
+    @property
+    def packed_dir(self) -> Path:
+        """Where this dataset's packed cache lives (never inside the data folder by default)."""
+        base = self.cache_dir if self.cache_dir is not None else self.root / ".lensexp_cache"
+        return cache_folder(base, self.root)
+
+    def prepare_data(self) -> None:
+        if self.simulated:
+            self.make_default_dataset()
+        elif not self.root.is_dir():
+            raise LensexpError(f"data.root={self.root}: no such folder. {self.layout_help()}")
+
+    def layout_help(self) -> str:
+        """One sentence describing the expected folder layout."""
+        return ""
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": (self.predict_split,),
+        }.get(stage or "fit", ("train", "val"))
+        for split in wanted:
+            if split in self.datasets:
+                continue
+            built = self.build_split(split)
+            if built is None:
+                if split == "test" and stage == "test":
+                    raise LensexpError(f"{self.root}: has no test/ folder; use split=val or all.")
+                continue
+            self.datasets[split], self.files[split] = built
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise LensexpError(f"{self.root}: no {split} split to load.")
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        training = self.trainer is not None and self.trainer.training
+        return self.batch_transform(batch, train=training)

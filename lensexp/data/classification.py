@@ -1,0 +1,145 @@
+"""`LensClassificationDataModule`: DeepLense classification folders (`train/<class>/*.npy`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lensexp.data.base import NpyDataModule, seeded_split
+from lensexp.data.cache import packed_array
+from lensexp.data.datasets import PackedDataset
+from lensexp.data.npy import list_npy
+from lensexp.data.transforms import ClassificationTransform
+from lensexp.errors import LensexpError
+
+
+class LensClassificationDataModule(NpyDataModule):
+    """Images of `ROOT/{train,val,test}/<class>/*.npy`; class index = position in `classes`.
+
+    `classes=None` takes the sorted folder names of `train/`. Without `val/`, a seeded
+    stratified split of `train/` (`val_fraction`, `split_seed`) validates. Augmentation, centre
+    crop and resize run per batch on the training device (see `lensexp.data.transforms`).
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        classes: list[str] | None = None,
+        image_size: int | None = 150,
+        allow_pickle: bool = False,
+        augment: dict[str, Any] | None = None,
+        center_crop: int | None = None,
+        resize: int | None = None,
+        **base: Any,
+    ) -> None:
+        super().__init__(**base)
+        self.requested_classes = list(classes) if classes else None
+        self.image_size = (int(image_size), int(image_size)) if image_size else None
+        self.allow_pickle = bool(allow_pickle)
+        self.transform = ClassificationTransform(
+            center_crop=center_crop, resize=resize, **(augment or {})
+        )
+        self._classes: list[str] | None = None
+
+    def layout_help(self) -> str:
+        return (
+            "Expected ROOT/train/<class>/*.npy and ROOT/val/<class>/*.npy (optional test/), "
+            "one folder per class (no, sphere, vort)."
+        )
+
+    def make_default_dataset(self) -> None:
+        from lensexp.sim import make_classification_dataset
+
+        make_classification_dataset(self.root, **self.simulate)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in index order."""
+        if self._classes is None:
+            if self.requested_classes:
+                self._classes = self.requested_classes
+            else:
+                train = self.root / "train"
+                if not train.is_dir():
+                    raise LensexpError(f"{self.root}: no train/ folder. {self.layout_help()}")
+                self._classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+                if not self._classes:
+                    raise LensexpError(f"{train}: no class folders. {self.layout_help()}")
+        return self._classes
+
+    def _class_files(self, split_dir: Path) -> tuple[list[Path], np.ndarray]:
+        files, labels = [], []
+        for index, name in enumerate(self.classes):
+            folder = split_dir / name
+            if not folder.is_dir():
+                raise LensexpError(
+                    f"{folder}: missing class folder (data.classes={self.classes}). "
+                    f"{self.layout_help()}"
+                )
+            found = list_npy(folder)
+            if not found:
+                raise LensexpError(f"{folder}: empty class folder; add .npy images or remove it.")
+            files += found
+            labels += [index] * len(found)
+        return files, np.asarray(labels, dtype=np.int64)
+
+    def _all_files(self) -> tuple[list[Path], np.ndarray]:
+        """Every `.npy` under the root, labelled by its parent folder's name."""
+        index = {name: i for i, name in enumerate(self.classes)}
+        files = sorted(self.root.rglob("*.npy"))
+        files = [f for f in files if self.packed_dir not in f.parents]
+        unknown = [f for f in files if f.parent.name not in index]
+        if unknown:
+            raise LensexpError(
+                f"{unknown[0]}: its folder {unknown[0].parent.name!r} is not a class "
+                f"({', '.join(self.classes)}); set data.classes or move the file."
+            )
+        if not files:
+            raise LensexpError(f"{self.root}: no .npy files. {self.layout_help()}")
+        return files, np.asarray([index[f.parent.name] for f in files], dtype=np.int64)
+
+    def _pack(self, name: str, files: list[Path]) -> Path:
+        return packed_array(files, self.packed_dir, name, self.image_size, self.allow_pickle)
+
+    def build_split(self, split: str) -> tuple[PackedDataset, list[Path]] | None:
+        if not self.root.is_dir():
+            raise LensexpError(f"data.root={self.root}: no such folder. {self.layout_help()}")
+        if split == "all":
+            files, labels = self._all_files()
+            return PackedDataset([self._pack("all", files)], np.arange(len(files)), labels), files
+        folder = self.root / split
+        if folder.is_dir():
+            files, labels = self._class_files(folder)
+            return PackedDataset([self._pack(split, files)], np.arange(len(files)), labels), files
+        if split == "test":
+            return None
+        # No val/: both splits index the packed train/ array, split by a seeded permutation.
+        files, labels = self._class_files(self.root / "train")
+        train_idx, val_idx = self._stratified_split(labels)
+        idx = train_idx if split == "train" else val_idx
+        dataset = PackedDataset([self._pack("train", files)], idx, labels)
+        return dataset, [files[i] for i in idx]
+
+    def _stratified_split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        train, val = [], []
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            t, v = seeded_split(len(members), self.val_fraction, self.split_seed + int(c))
+            train.append(members[t])
+            val.append(members[v])
+        return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+    def batch_transform(self, batch: Any, train: bool) -> Any:
+        images, labels = batch
+        return self.transform(images, train=train), labels
+
+    def labels_of(self, split: str) -> np.ndarray:
+        """Labels of `split` in item order."""
+        ds = self.datasets[split]
+        return ds.labels[ds.indices]
+
+    def state_for_model(self) -> dict[str, Any]:
+        """What the model needs to know about the data: the class names."""
+        return {"class_names": self.classes}

@@ -1,0 +1,63 @@
+"""Datasets over packed caches: batches are read with one fancy index, not one file per image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class PackedDataset(Dataset):
+    """Rows `indices` of one or more aligned packed arrays (N, H, W), plus optional labels.
+
+    An item is `(array_0[i], array_1[i], ..., label)` with each image as a (1, H, W) tensor;
+    several arrays give aligned pairs (LR, HR). Arrays are memory-mapped lazily in each process,
+    so a DataLoader worker never receives or copies the images themselves.
+    """
+
+    def __init__(
+        self,
+        arrays: Sequence[Path],
+        indices: np.ndarray,
+        labels: np.ndarray | None = None,
+    ) -> None:
+        self.arrays = [Path(a) for a in arrays]
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self._maps: list[np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_maps"] = None  # each worker maps the files itself
+        return state
+
+    def _mapped(self) -> list[np.ndarray]:
+        if self._maps is None:
+            self._maps = [np.load(a, mmap_mode="r") for a in self.arrays]
+        return self._maps
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, positions: Sequence[int]) -> list[tuple]:
+        rows = self.indices[np.asarray(positions, dtype=np.int64)]
+        # Sorted rows read the memory map sequentially; `undo` restores the sampler's order.
+        order = np.argsort(rows, kind="stable")
+        undo = np.argsort(order, kind="stable")
+        blocks = [
+            torch.from_numpy(np.ascontiguousarray(m[rows[order]])[undo]).unsqueeze(1)
+            for m in self._mapped()
+        ]
+        items = []
+        for k in range(len(rows)):
+            item = tuple(b[k] for b in blocks)
+            if self.labels is not None:
+                item = (*item, int(self.labels[rows[k]]))
+            items.append(item)
+        return items

@@ -1,0 +1,89 @@
+"""Batch transforms that run on the training device after transfer (Lightning's
+`on_after_batch_transfer`), so a GPU does the augmentation and the CPU workers only read.
+
+Only physically valid augmentation is on by default: a lensing image has no preferred
+orientation, so flips and 90-degree rotations give equally likely skies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def random_dihedral(*images: Tensor, flips: bool = True, rot90: bool = True) -> tuple[Tensor, ...]:
+    """Apply the same random flip and 90-degree rotation per sample to every batch in `images`.
+
+    All tensors are (N, C, H, W) with square images (sizes may differ, as for LR/HR pairs).
+    """
+    n = images[0].shape[0]
+    device = images[0].device
+    out = list(images)
+    if flips:
+        flip = torch.rand(n, device=device) < 0.5
+        out = [torch.where(flip[:, None, None, None], x.flip(-1), x) for x in out]
+    if rot90:
+        turns = torch.randint(0, 4, (n,), device=device)
+        rotated = [x.clone() for x in out]
+        for k in (1, 2, 3):
+            sel = turns == k
+            if sel.any():
+                for src, dst in zip(out, rotated, strict=True):
+                    dst[sel] = torch.rot90(src[sel], k, dims=(-2, -1))
+        out = rotated
+    return tuple(out)
+
+
+def random_rotation(x: Tensor, degrees: float) -> Tensor:
+    """Rotate each sample by an angle uniform in [-degrees, degrees] (bilinear, zero fill)."""
+    n = x.shape[0]
+    angle = (torch.rand(n, device=x.device) * 2 - 1) * math.radians(degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def center_crop(x: Tensor, size: int) -> Tensor:
+    """The central `size` x `size` pixels."""
+    h, w = x.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"center_crop {size} is larger than the {h}x{w} image")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+class ClassificationTransform:
+    """Per-batch augmentation (training only), then optional centre crop and resize (always)."""
+
+    def __init__(
+        self,
+        flips: bool = True,
+        rot90: bool = True,
+        rotation_degrees: float = 0.0,
+        center_crop: int | None = None,
+        resize: int | None = None,
+    ) -> None:
+        self.flips = flips
+        self.rot90 = rot90
+        self.rotation_degrees = float(rotation_degrees)
+        self.crop = center_crop
+        self.resize = resize
+
+    def __call__(self, x: Tensor, train: bool) -> Tensor:
+        if train:
+            (x,) = random_dihedral(x, flips=self.flips, rot90=self.rot90)
+            if self.rotation_degrees > 0:
+                x = random_rotation(x, self.rotation_degrees)
+        if self.crop:
+            x = center_crop(x, self.crop)
+        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            x = F.interpolate(
+                x, size=(self.resize, self.resize), mode="bilinear", align_corners=False,
+                antialias=True,
+            )
+        return x

@@ -1,0 +1,103 @@
+"""Pretrained weights: torchvision's own loading code, a local state-dict file, or none.
+
+Every pretrained option in lensexp (`model.pretrained`, `loss.weights`) takes the same values:
+`auto`, `imagenet`, `none`/`random`, or a path to a state dict. One function resolves them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from lensexp.errors import LensexpError
+
+log = logging.getLogger(__name__)
+
+NO_WEIGHTS = ("none", "random")
+# Without this, a machine whose network blackholes packets would hang on the download.
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+def read_state_dict(path: str | os.PathLike, option: str) -> dict[str, torch.Tensor]:
+    """Load a state dict from `path`, unwrapping Lightning checkpoints and `{"state_dict": ...}`."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise LensexpError(
+            f"{option}={path}: no such file. Give a state-dict file, or one of "
+            f"auto|imagenet|none."
+        )
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise LensexpError(f"{option}={path}: not a readable torch state dict ({err}).") from err
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise LensexpError(f"{option}={path}: the file holds no tensor state dict.")
+    return dict(obj)
+
+
+def fetch_torchvision_weights(weights: WeightsEnum) -> dict[str, torch.Tensor]:
+    """torchvision's loader: the TORCH_HOME hub cache first, then the network."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def load_pretrained(
+    model: nn.Module,
+    spec: str | None,
+    weights: WeightsEnum,
+    option: str,
+    remap: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> bool:
+    """Fill `model` according to `spec`; return whether pretrained weights were loaded.
+
+    `auto` tries torchvision's weights and, when they cannot be had, warns and keeps the random
+    initialisation; `imagenet` insists; a path loads that file (after `remap`, if given).
+    """
+    spec = "none" if spec is None else str(spec)
+    if spec in NO_WEIGHTS:
+        return False
+    if spec in ("auto", "imagenet"):
+        try:
+            state = fetch_torchvision_weights(weights)
+        except Exception as err:  # URLError, timeouts, hash mismatch: all mean "not available"
+            hub = Path(torch.hub.get_dir()) / "checkpoints"
+            remedy = (
+                f"put {Path(weights.url).name} in {hub} (set TORCH_HOME to move that cache), "
+                f"or pass a local file with {option}=/path/to/weights.pth, or {option}=none"
+            )
+            if spec == "imagenet":
+                raise LensexpError(
+                    f"{option}=imagenet: cannot load {weights} ({type(err).__name__}): {remedy}."
+                ) from err
+            log.warning(
+                "\n%s\n!! %s=auto: ImageNet weights %s are not available (%s).\n"
+                "!! Training FROM SCRATCH; recorded as pretrained_loaded=false. To use them, %s.\n%s",
+                "!" * 78, option, weights, type(err).__name__, remedy, "!" * 78,
+            )
+            return False
+    else:
+        state = read_state_dict(spec, option)
+        if remap is not None:
+            state = remap(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise LensexpError(
+            f"{option}={spec}: the weights do not fit this network "
+            f"({first[0] if first else err}); check the architecture options."
+        ) from err
+    return True

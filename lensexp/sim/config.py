@@ -1,0 +1,306 @@
+"""Simulator presets: loading `conf/sim/presets/<name>.yaml`, applying overrides, checking values.
+
+A preset is a plain nested dict of physical and instrumental settings. Any numeric physical
+setting may be a number (fixed) or a two-element list `[low, high]` (drawn uniformly per image);
+the loader checks both forms here so the samplers never see a malformed value.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+import lensexp
+from lensexp.errors import LensexpError
+
+PRESET_DIR = Path(lensexp.__file__).resolve().parent.parent / "conf" / "sim" / "presets"
+
+# Sections every preset must have after its `base` is merged in.
+PHYSICS_SECTIONS = ("cosmology", "halo", "shear", "source", "sphere", "vort", "instrument")
+# Keys under these paths are free-form (passed to lenstronomy), so overrides may add new ones.
+OPEN_SECTIONS = ("instrument.settings", "superres.lr_instrument.settings")
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped in conf/sim/presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_presets()) or f"none found in {PRESET_DIR}"
+        raise LensexpError(f"unknown simulator preset '{name}'; choose one of: {known}.")
+    try:
+        # OmegaConf's YAML loader reads 1e12 as a number (plain PyYAML would give a string).
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:
+        raise LensexpError(f"{path}: not a valid preset file ({err}).") from err
+    if not isinstance(data, dict):
+        raise LensexpError(f"{path}: a preset must be a mapping of settings.")
+    return data
+
+
+def _merge(base: dict, top: Mapping) -> dict:
+    """Deep-merge `top` into a copy of `base` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _nest_overrides(overrides: Mapping) -> dict:
+    """Turn `{"source.R_sersic": 0.3}` and `{"source": {"R_sersic": 0.3}}` into one nested dict."""
+    nested: dict = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise LensexpError(f"override key {key!r} must be a non-empty string like 'source.R_sersic'.")
+        if isinstance(value, Mapping):
+            value = _nest_overrides(value)
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = _merge(node[leaf], value)
+        else:
+            node[leaf] = value
+    return nested
+
+
+def _check_known(preset: dict, nested: dict, name: str) -> None:
+    """Refuse override keys the preset does not have (a typo would otherwise be ignored)."""
+    known = _flatten(preset)
+    known_prefixes = {k.rsplit(".", i)[0] for k in known for i in range(k.count(".") + 1)}
+    for key in _flatten(nested):
+        if key in known or key in known_prefixes:
+            continue
+        if any(key.startswith(section + ".") for section in OPEN_SECTIONS):
+            continue
+        raise LensexpError(
+            f"unknown simulator setting '{key}' in overrides for preset '{name}'; "
+            f"see conf/sim/presets/{name}.yaml for the key names."
+        )
+
+
+def load_preset(name: str, overrides: Mapping | None = None) -> dict:
+    """Return preset `name` (with its `base` merged in) after applying `overrides`, checked.
+
+    `overrides` uses the preset's key names, either dotted (`{"source.R_sersic": 0.3}`) or nested.
+    Raises a LensexpError for an unknown preset or key, or a malformed value.
+    """
+    if not isinstance(name, str) or not name:
+        raise LensexpError(f"preset must be a preset name, got {name!r}.")
+    preset = _read_yaml(name)
+    seen = [name]
+    while "base" in preset:
+        base_name = preset.pop("base")
+        if base_name in seen:
+            raise LensexpError(f"preset '{name}': circular 'base' chain {seen + [base_name]}.")
+        seen.append(base_name)
+        parent = _read_yaml(base_name)
+        # An instrument that names its `type` replaces the base's instead of merging into it,
+        # so a Euclid preset does not inherit the simple camera's pixel scale or PSF.
+        if "type" in preset.get("instrument", {}):
+            parent.pop("instrument", None)
+        preset = _merge(parent, preset)
+    preset["name"] = name
+    if OmegaConf.is_config(overrides):
+        overrides = OmegaConf.to_container(overrides, resolve=True)
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            raise LensexpError(f"overrides must be a mapping of setting -> value, got {type(overrides).__name__}.")
+        nested = _nest_overrides(overrides)
+        _check_known(preset, nested, name)
+        preset = _merge(preset, nested)
+    try:
+        # Plain JSON types (tuples become lists), so a preset compares equal to its saved state.
+        preset = json.loads(json.dumps(preset))
+    except (TypeError, ValueError) as err:
+        raise LensexpError(f"overrides must hold numbers, strings and lists only ({err}).") from err
+    validate(preset)
+    return preset
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+def is_range(value: Any) -> bool:
+    """True for a `[low, high]` range setting."""
+    return isinstance(value, (list, tuple))
+
+
+def _number(key: str, value: Any, *, positive: bool = False, nonneg: bool = False,
+            allow_range: bool = True) -> None:
+    """Check that `key` holds a finite number or (if allowed) a `[low, high]` range of them."""
+    values = value if is_range(value) else [value]
+    if is_range(value) and (not allow_range or len(value) != 2):
+        what = "a number or a [low, high] pair" if allow_range else "a single number"
+        raise LensexpError(f"simulator setting '{key}' = {value!r}: expected {what}.")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise LensexpError(f"simulator setting '{key}' = {value!r}: expected a finite number.")
+        if positive and v <= 0:
+            raise LensexpError(f"simulator setting '{key}' = {value!r}: must be > 0.")
+        if nonneg and v < 0:
+            raise LensexpError(f"simulator setting '{key}' = {value!r}: must be >= 0.")
+    if is_range(value) and value[0] > value[1]:
+        raise LensexpError(f"simulator setting '{key}' = {value!r}: low is above high.")
+
+
+def _integer(key: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LensexpError(f"simulator setting '{key}' = {value!r}: expected an integer >= {minimum}.")
+
+
+def _section(cfg: dict, key: str) -> dict:
+    value = cfg.get(key)
+    if not isinstance(value, dict):
+        raise LensexpError(f"simulator preset '{cfg.get('name')}' lacks the '{key}' section.")
+    return value
+
+
+def validate_instrument(inst: dict, where: str) -> None:
+    """Check one instrument section (`instrument` or `superres.lr_instrument`)."""
+    kind = inst.get("type")
+    _integer(f"{where}.num_pix", inst.get("num_pix"), 4)
+    _integer(f"{where}.supersampling", inst.get("supersampling", 1), 1)
+    if kind == "simple":
+        _number(f"{where}.pixel_scale", inst.get("pixel_scale"), positive=True, allow_range=False)
+        _number(f"{where}.psf_fwhm", inst.get("psf_fwhm"), nonneg=True, allow_range=False)
+        _number(f"{where}.psf_truncation", inst.get("psf_truncation"), positive=True, allow_range=False)
+        _number(f"{where}.background_rms", inst.get("background_rms"), nonneg=True)
+        _number(f"{where}.log10_exposure_time", inst.get("log10_exposure_time"))
+        if inst.get("noise") not in ("deeplense", "gaussian", "none"):
+            raise LensexpError(
+                f"simulator setting '{where}.noise' = {inst.get('noise')!r}: "
+                "expected deeplense, gaussian or none."
+            )
+    elif kind == "observation":
+        for key in ("telescope", "band"):
+            if not isinstance(inst.get(key), str):
+                raise LensexpError(f"simulator setting '{where}.{key}' must be a name (e.g. Euclid, VIS).")
+        if inst.get("noise") not in ("observation", "none"):
+            raise LensexpError(
+                f"simulator setting '{where}.noise' = {inst.get('noise')!r}: expected observation or none."
+            )
+        if not isinstance(inst.get("settings", {}), dict):
+            raise LensexpError(f"simulator setting '{where}.settings' must be a mapping.")
+    else:
+        raise LensexpError(
+            f"simulator setting '{where}.type' = {kind!r}: expected simple or observation."
+        )
+
+
+def validate(cfg: dict) -> None:
+    """Raise a LensexpError naming the first malformed setting of a merged preset."""
+    for section in PHYSICS_SECTIONS:
+        _section(cfg, section)
+    cosmo = cfg["cosmology"]
+    for key in ("H0", "Om0"):
+        _number(f"cosmology.{key}", cosmo.get(key), positive=True, allow_range=False)
+    _number("cosmology.Ob0", cosmo.get("Ob0", 0.0), nonneg=True, allow_range=False)
+    _number("z_lens", cfg.get("z_lens"), positive=True, allow_range=False)
+    _number("z_source", cfg.get("z_source"), positive=True, allow_range=False)
+    if cfg["z_source"] <= cfg["z_lens"]:
+        raise LensexpError(
+            f"simulator settings z_source={cfg['z_source']} must be above z_lens={cfg['z_lens']}."
+        )
+    halo = cfg["halo"]
+    _number("halo.mass", halo.get("mass"), positive=True)
+    for key in ("e1", "e2", "center_x", "center_y"):
+        _number(f"halo.{key}", halo.get(key))
+    for key in ("gamma1", "gamma2"):
+        _number(f"shear.{key}", cfg["shear"].get(key))
+    src = cfg["source"]
+    if (src.get("amp") is None) == (src.get("magnitude") is None):
+        raise LensexpError("simulator settings: set exactly one of source.amp and source.magnitude.")
+    if src.get("amp") is not None:
+        _number("source.amp", src["amp"], positive=True)
+    if src.get("magnitude") is not None:
+        _number("source.magnitude", src["magnitude"])
+    _number("source.R_sersic", src.get("R_sersic"), positive=True)
+    _number("source.n_sersic", src.get("n_sersic"), positive=True)
+    for key in ("e1", "e2", "center_x", "center_y"):
+        _number(f"source.{key}", src.get(key))
+    sph = cfg["sphere"]
+    _integer("sphere.n_subhalos", sph.get("n_subhalos"), 0)
+    _number("sphere.mass_min", sph.get("mass_min"), positive=True, allow_range=False)
+    _number("sphere.mass_max", sph.get("mass_max"), positive=True, allow_range=False)
+    _number("sphere.slope", sph.get("slope"), allow_range=False)
+    _number("sphere.r_min", sph.get("r_min"), nonneg=True, allow_range=False)
+    _number("sphere.r_max", sph.get("r_max"), nonneg=True, allow_range=False)
+    if sph["mass_min"] > sph["mass_max"] or sph["r_min"] > sph["r_max"]:
+        raise LensexpError("simulator settings: sphere.mass_min/r_min must not exceed mass_max/r_max.")
+    vort = cfg["vort"]
+    _number("vort.mass", vort.get("mass"), positive=True)
+    _integer("vort.n_points", vort.get("n_points"), 1)
+    _number("vort.log10_axion_mass", vort.get("log10_axion_mass"))
+    _number("vort.length_coefficient", vort.get("length_coefficient"), positive=True, allow_range=False)
+    validate_instrument(cfg["instrument"], "instrument")
+    if "superres" in cfg:
+        validate_superres(cfg)
+    cameras = [("instrument", cfg["instrument"])]
+    if cfg.get("superres", {}).get("degradation") == "render":
+        cameras.append(("superres.lr_instrument", cfg["superres"]["lr_instrument"]))
+    for where, inst in cameras:
+        if src.get("magnitude") is not None and inst["type"] == "simple":
+            raise LensexpError(
+                f"source.magnitude needs {where}.type=observation (a zero point); "
+                "use source.amp with a simple instrument."
+            )
+
+
+def validate_superres(cfg: dict) -> None:
+    """Check the `superres` section of a super-resolution preset."""
+    sr = _section(cfg, "superres")
+    classes = sr.get("classes")
+    if not classes or not all(c in ("no", "sphere", "vort") for c in classes):
+        raise LensexpError(
+            f"simulator setting 'superres.classes' = {classes!r}: a list of no, sphere, vort "
+            "(quote \"no\" in YAML, where a bare no means false)."
+        )
+    _integer("superres.factor", sr.get("factor"), 1)
+    mode = sr.get("degradation")
+    hr_pix = cfg["instrument"]["num_pix"]
+    if mode == "downsample":
+        if hr_pix % sr["factor"]:
+            raise LensexpError(
+                f"simulator settings: instrument.num_pix={hr_pix} is not divisible by "
+                f"superres.factor={sr['factor']}."
+            )
+        if sr.get("method") not in ("area", "bicubic"):
+            raise LensexpError(
+                f"simulator setting 'superres.method' = {sr.get('method')!r}: expected area or bicubic."
+            )
+        _number("superres.blur_sigma", sr.get("blur_sigma"), nonneg=True)
+        _number("superres.noise_rms", sr.get("noise_rms"), nonneg=True)
+    elif mode == "render":
+        lr = sr.get("lr_instrument")
+        if not isinstance(lr, dict):
+            raise LensexpError("simulator setting 'superres.lr_instrument' is needed for degradation=render.")
+        validate_instrument(lr, "superres.lr_instrument")
+    else:
+        raise LensexpError(
+            f"simulator setting 'superres.degradation' = {mode!r}: expected render or downsample."
+        )
