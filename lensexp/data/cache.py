@@ -65,12 +65,12 @@ def packed_array(
             check_size(path, image, shape)
             out[i] = image
         out.flush()
-        del out
-        os.replace(tmp, target)  # atomic: a crash never leaves a half-built cache behind
     except BaseException:
         del out
         tmp.unlink(missing_ok=True)
         raise
+    del out
+    os.replace(tmp, target)  # atomic: a crash never leaves a half-built cache behind
     # Older packs of the same name belong to files that have since changed.
     for stale in cache_dir.glob(f"{name}-*.npy"):
         if stale != target:

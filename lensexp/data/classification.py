@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lensexp.data.base import NpyDataModule, seeded_split
 from lensexp.data.cache import packed_array
 from lensexp.data.datasets import PackedDataset
