@@ -1,0 +1,1 @@
+"""Data modules: DeepLense-format `.npy` folders, the packed cache, batch transforms."""

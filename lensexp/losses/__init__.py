@@ -1,0 +1,1 @@
+"""Losses: small `nn.Module`s that carry their own weight."""

@@ -1,0 +1,1 @@
+"""Metrics (torchmetrics-based, synced across devices)."""

@@ -1,0 +1,1 @@
+"""Network architectures (plain `nn.Module`s) and pretrained-weight loading."""

@@ -1,0 +1,1 @@
+"""Reporting: figures, metrics tables and files written next to a run."""

@@ -1,0 +1,68 @@
+"""What every lensexp LightningModule shares: the optimizer and scheduler from config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim import Optimizer
+
+from lensexp.errors import LensexpError
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
+
+
+class TaskModule(L.LightningModule):
+    """Base LightningModule: builds its optimizer(s) and LR scheduler from config partials.
+
+    `optimizer` is a callable taking parameters (the `optimizer` group, `_partial_: true`).
+    `scheduler` is the `scheduler` group: a mapping with `scheduler` (a callable taking the
+    optimizer), `monitor` and `interval`, or None/empty for a constant learning rate.
+    Subclasses set `task` to the task name their data module and loss must share.
+    """
+
+    task: str = ""
+
+    def __init__(
+        self, optimizer: OptimizerFactory, scheduler: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        if not callable(optimizer):
+            raise LensexpError(
+                "optimizer: expected a partial optimizer (`_partial_: true` in conf/optimizer)."
+            )
+        self.optimizer_factory = optimizer
+        self.scheduler_spec = dict(scheduler) if scheduler else {}
+
+    def make_scheduler(self, optimizer: Optimizer) -> dict[str, Any] | None:
+        """Lightning's lr_scheduler dict for `optimizer`, or None without a scheduler."""
+        spec = self.scheduler_spec
+        if not spec or spec.get("scheduler") is None:
+            return None
+        config = {
+            "scheduler": spec["scheduler"](optimizer),
+            "interval": spec.get("interval", "epoch"),
+            "frequency": int(spec.get("frequency", 1)),
+        }
+        if spec.get("monitor"):
+            config["monitor"] = spec["monitor"]
+            # Lightning fails mid-run when the monitored metric is missing; ours always exists.
+            config["strict"] = True
+        return config
+
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        """Parameters the (first) optimizer updates."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        scheduler = self.make_scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the built module worth recording in hparams (e.g. pretrained_loaded)."""
+        return {"task": self.task}

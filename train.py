@@ -1,0 +1,23 @@
+"""Train a lensexp model: `python train.py [model=srresnet] [loss=vgg] [key=value ...]`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from lensexp.cli import run_reporting_errors, set_project_root
+
+CONFIG_DIR = set_project_root(__file__)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from lensexp.training import train
+
+    results = run_reporting_errors(lambda: train(cfg))
+    # Hydra sweepers (e.g. Optuna) optimise the returned value.
+    return results["best_value"]
+
+
+if __name__ == "__main__":
+    main()
