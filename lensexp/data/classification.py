@@ -90,7 +90,14 @@ class LensClassificationDataModule(NpyDataModule):
         """Every `.npy` under the root, labelled by its parent folder's name."""
         index = {name: i for i, name in enumerate(self.classes)}
         files = sorted(self.root.rglob("*.npy"))
-        files = [f for f in files if self.packed_dir not in f.parents]
+        # Hidden folders hold caches (.lensexp_cache, also one left by an earlier run that had
+        # no cache_dir) and simulator state, never images.
+        files = [
+            f
+            for f in files
+            if self.packed_dir not in f.parents
+            and not any(part.startswith(".") for part in f.relative_to(self.root).parts[:-1])
+        ]
         unknown = [f for f in files if f.parent.name not in index]
         if unknown:
             raise LensexpError(
@@ -111,7 +118,8 @@ class LensClassificationDataModule(NpyDataModule):
             files, labels = self._all_files()
             return PackedDataset([self._pack("all", files)], np.arange(len(files)), labels), files
         folder = self.root / split
-        if folder.is_dir():
+        # Without val/, train/ is split below: all of it would train on the val images too.
+        if folder.is_dir() and (split != "train" or (self.root / "val").is_dir()):
             files, labels = self._class_files(folder)
             return PackedDataset([self._pack(split, files)], np.arange(len(files)), labels), files
         if split == "test":

@@ -8,6 +8,8 @@ import numpy as np
 
 from lensexp.errors import LensexpError
 
+NPY_MAGIC = b"\x93NUMPY"
+
 
 def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
     """Load one image as a float32 (H, W) array, or raise a LensexpError naming the file.
@@ -15,6 +17,14 @@ def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
     Accepts (H, W) and (1, H, W) arrays of any float dtype, and the Model I-IV object arrays
     `[image, axion_mass]` (those need `data.allow_pickle=true`: they are pickles).
     """
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(NPY_MAGIC))
+    except OSError as err:
+        raise LensexpError(f"{path}: unreadable file ({err}).") from err
+    if magic != NPY_MAGIC and not magic.startswith(b"PK"):
+        # np.load takes any other bytes for a pickle: it would advise allow_pickle, then fail.
+        raise LensexpError(f"{path}: not a .npy file (empty, or no NumPy header).")
     try:
         arr = np.load(path, allow_pickle=allow_pickle)
     except ValueError as err:

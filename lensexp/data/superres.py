@@ -1,0 +1,200 @@
+"""`SuperResolutionDataModule`: DeepLense super-resolution pairs (`HR/*.npy` + `LR/*.npy`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lensexp.data.base import NpyDataModule, seeded_split
+from lensexp.data.cache import packed_array
+from lensexp.data.datasets import PackedDataset
+from lensexp.data.npy import list_npy, read_image
+from lensexp.data.transforms import random_dihedral
+from lensexp.errors import LensexpError
+
+AUGMENT_KEYS = ("flips", "rot90")
+
+
+def npy_header_shape(path: Path) -> tuple[int, ...] | None:
+    """The array shape in a `.npy` header, or None where only loading can tell (pickles, junk).
+
+    Reading headers is cheap, so sizes are checked with a clear message before any packing.
+    """
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None
+    except (OSError, ValueError, EOFError):
+        return None  # read_image reports unreadable files, naming them, when packing
+    if dtype.hasobject:
+        return None
+    return tuple(int(s) for s in shape)
+
+
+class SuperResolutionDataModule(NpyDataModule):
+    """Pairs `ROOT/LR/<name>.npy` -> `ROOT/HR/<name>.npy`, matched by file name.
+
+    HR images are `hr_size` pixels square (None: the first HR file's size) and LR images
+    `hr_size // scale`. Optional `ROOT/val/{HR,LR}` validates (otherwise a seeded split of the
+    root pairs, `val_fraction`, `split_seed`) and `ROOT/test/{HR,LR}` tests. Items are
+    `(lr, hr)`; training batches get the same random flip/rot90 on LR and HR on the device.
+    """
+
+    task = "superres"
+
+    def __init__(
+        self,
+        scale: int = 2,
+        hr_size: int | None = 150,
+        allow_pickle: bool = False,
+        augment: dict[str, Any] | None = None,
+        val_fraction: float = 0.1,
+        **base: Any,
+    ) -> None:
+        super().__init__(val_fraction=val_fraction, **base)
+        if isinstance(scale, bool) or int(scale) != scale or int(scale) < 1:
+            raise LensexpError(f"data.scale={scale}: must be a positive integer.")
+        self.scale = int(scale)
+        if hr_size is not None:
+            if int(hr_size) < self.scale or int(hr_size) % self.scale:
+                raise LensexpError(
+                    f"data.hr_size={hr_size} is not a multiple of data.scale={self.scale}."
+                )
+            hr_size = int(hr_size)
+        self.hr_size = hr_size
+        self.allow_pickle = bool(allow_pickle)
+        augment = dict(augment or {})
+        unknown = sorted(set(augment) - set(AUGMENT_KEYS))
+        if unknown:
+            raise LensexpError(
+                f"data.augment: unknown key(s) {unknown}; super-resolution knows "
+                f"{list(AUGMENT_KEYS)} (anything else would break the LR/HR correspondence)."
+            )
+        self.flips = bool(augment.get("flips", True))
+        self.rot90 = bool(augment.get("rot90", True))
+        self._sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
+
+    # -- layout -------------------------------------------------------------------------------
+    def layout_help(self) -> str:
+        return (
+            "Expected ROOT/HR/*.npy and ROOT/LR/*.npy with the same file names (HR = data.scale "
+            "x LR pixels), optional ROOT/val/{HR,LR} and ROOT/test/{HR,LR}."
+        )
+
+    def make_default_dataset(self) -> None:
+        from lensexp.sim import make_superres_dataset
+
+        make_superres_dataset(self.root, **self.simulate)
+
+    def state_for_model(self) -> dict[str, Any]:
+        """What the model needs to know about the data: the upscaling factor."""
+        return {"scale": self.scale}
+
+    def pairs(self, folder: Path) -> tuple[list[Path], list[Path]]:
+        """LR and HR files of `folder` (the root, val/ or test/), paired by name, sorted."""
+        hr_dir, lr_dir = folder / "HR", folder / "LR"
+        for sub in (hr_dir, lr_dir):
+            if not sub.is_dir():
+                raise LensexpError(f"{sub}: missing {sub.name}/ folder. {self.layout_help()}")
+        hr = {p.name: p for p in list_npy(hr_dir)}
+        lr = {p.name: p for p in list_npy(lr_dir)}
+        if not hr and not lr:
+            raise LensexpError(f"{folder}: HR/ and LR/ hold no .npy files. {self.layout_help()}")
+        if hr.keys() != lr.keys():
+            only_hr, only_lr = sorted(hr.keys() - lr.keys()), sorted(lr.keys() - hr.keys())
+            example = (
+                f"{hr[only_hr[0]]} has no LR/{only_hr[0]}"
+                if only_hr
+                else f"{lr[only_lr[0]]} has no HR/{only_lr[0]}"
+            )
+            raise LensexpError(
+                f"{example}: HR/ has {len(hr)} .npy files and LR/ has {len(lr)}, "
+                f"{len(only_hr)} unpaired in HR/ and {len(only_lr)} in LR/; pairs are matched "
+                f"by file name, so give each image the same name in both folders."
+            )
+        names = sorted(hr)
+        return [lr[n] for n in names], [hr[n] for n in names]
+
+    # -- sizes --------------------------------------------------------------------------------
+    def sizes(self, first_hr: Path) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Expected (LR, HR) image sizes; without `hr_size` from `first_hr`, fixed on first use."""
+        if self._sizes is None:
+            if self.hr_size is not None:
+                hr = (self.hr_size, self.hr_size)
+            else:
+                hr = tuple(read_image(first_hr, self.allow_pickle).shape)
+                if hr[0] % self.scale or hr[1] % self.scale:
+                    raise LensexpError(
+                        f"{first_hr}: HR image is {hr[0]}x{hr[1]}, not divisible by "
+                        f"data.scale={self.scale}."
+                    )
+            self._sizes = ((hr[0] // self.scale, hr[1] // self.scale), hr)
+        return self._sizes
+
+    def _check_sizes(self, files: list[Path], expected: tuple[int, int], kind: str) -> None:
+        """Fail on the first file of the wrong size, naming the settings that fix it."""
+        lr, hr = self._sizes
+        for path in files:
+            shape = npy_header_shape(path)
+            if shape is None:
+                continue  # pickled or unreadable: packing reads it and reports it
+            if len(shape) == 3 and shape[0] == 1:
+                shape = shape[1:]
+            if len(shape) == 2 and shape != expected:
+                raise LensexpError(
+                    f"{path}: {kind} image is {shape[0]}x{shape[1]}, expected "
+                    f"{expected[0]}x{expected[1]} (HR {hr[0]}x{hr[1]} = data.scale={self.scale} "
+                    f"x LR {lr[0]}x{lr[1]}; data.hr_size={self.hr_size}). Set data.scale and "
+                    f"data.hr_size to match your data (data.hr_size=null reads it from the files)."
+                )
+
+    def _pack(self, name: str, lr_files: list[Path], hr_files: list[Path]) -> list[Path]:
+        lr_size, hr_size = self.sizes(hr_files[0])
+        self._check_sizes(hr_files, hr_size, "HR")
+        self._check_sizes(lr_files, lr_size, "LR")
+        return [
+            packed_array(lr_files, self.packed_dir, f"{name}-lr", lr_size, self.allow_pickle),
+            packed_array(hr_files, self.packed_dir, f"{name}-hr", hr_size, self.allow_pickle),
+        ]
+
+    # -- splits -------------------------------------------------------------------------------
+    def build_split(self, split: str) -> tuple[PackedDataset, list[Path]] | None:
+        if not self.root.is_dir():
+            raise LensexpError(f"data.root={self.root}: no such folder. {self.layout_help()}")
+        val_dir = self.root / "val"
+        if split == "test":
+            test_dir = self.root / "test"
+            if not test_dir.is_dir():
+                return None
+            lr, hr = self.pairs(test_dir)
+            return PackedDataset(self._pack("test", lr, hr), np.arange(len(lr))), lr
+        if split == "val" and val_dir.is_dir():
+            lr, hr = self.pairs(val_dir)
+            return PackedDataset(self._pack("val", lr, hr), np.arange(len(lr))), lr
+        lr, hr = self.pairs(self.root)
+        if split == "all" and val_dir.is_dir():
+            val_lr, val_hr = self.pairs(val_dir)
+            lr, hr = lr + val_lr, hr + val_hr
+            return PackedDataset(self._pack("all", lr, hr), np.arange(len(lr))), lr
+        # train, all (no val/) and the seeded val share one pack of the root pairs.
+        arrays = self._pack("pairs", lr, hr)
+        if split == "all" or (split == "train" and val_dir.is_dir()):
+            return PackedDataset(arrays, np.arange(len(lr))), lr
+        train_idx, val_idx = seeded_split(len(lr), self.val_fraction, self.split_seed)
+        idx = train_idx if split == "train" else val_idx
+        return PackedDataset(arrays, idx), [lr[i] for i in idx]
+
+    def batch_transform(self, batch: Any, train: bool) -> Any:
+        """Training: the same random flip/rot90 per sample on LR and HR; otherwise identity."""
+        if not train or not (self.flips or self.rot90):
+            return batch
+        lr, hr = batch
+        out = random_dihedral(lr, hr, flips=self.flips, rot90=self.rot90)
+        return type(batch)(out) if isinstance(batch, (list, tuple)) else out

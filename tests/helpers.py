@@ -1,0 +1,125 @@
+"""Writers of small DeepLense-format datasets for tests (importable as `helpers` from tests/).
+
+Every image is seeded random noise, so each file's content is distinct and tests can compare a
+loaded item with the file it came from.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("no", "sphere", "vort")
+FORMATS = ("chw", "hw", "float64", "object")
+
+
+def _rng(*key: object) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def save_image(path: Path, image: np.ndarray, fmt: str = "chw", axion_mass: float = 1e-23) -> Path:
+    """Write a (H, W) image in one of the DeepLense formats.
+
+    fmt: "chw" (1, H, W) float32 (the DeepLense default), "hw" (H, W) float32, "float64"
+    (1, H, W) float64, or "object" (the Model I-IV pickled object array `[image, axion_mass]`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.asarray(image)
+    if fmt == "chw":
+        np.save(path, image[None].astype(np.float32))
+    elif fmt == "hw":
+        np.save(path, image.astype(np.float32))
+    elif fmt == "float64":
+        np.save(path, image[None].astype(np.float64))
+    elif fmt == "object":
+        arr = np.empty(2, dtype=object)
+        arr[0], arr[1] = image.astype(np.float64), float(axion_mass)
+        np.save(path, arr, allow_pickle=True)
+    else:
+        raise ValueError(f"fmt={fmt!r}: choose one of {FORMATS}")
+    return path
+
+
+def load_image(path: Path) -> np.ndarray:
+    """A test file's image as float32 (H, W), whatever its format."""
+    arr = np.load(path, allow_pickle=True)
+    if arr.dtype == object:
+        arr = np.asarray(arr[0])
+    return np.asarray(arr, dtype=np.float32).reshape(arr.shape[-2:])
+
+
+def make_classification_folder(
+    root: Path,
+    n_per_class: int,
+    size: int = 150,
+    classes: Sequence[str] = CLASSES,
+    with_val: bool = True,
+    fmt: str = "chw",
+    *,
+    n_val: int | None = None,
+    with_test: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write `ROOT/train/<class>/<class>_<i>.npy` (+ `val/`, `test/`) and return ROOT.
+
+    `n_per_class` training images per class; val/ and test/ get `n_val` (default the same).
+    """
+    root = Path(root)
+    splits = ["train"] + (["val"] if with_val else []) + (["test"] if with_test else [])
+    for split in splits:
+        count = n_per_class if split == "train" or n_val is None else n_val
+        for cls in classes:
+            for i in range(count):
+                image = _rng(seed, split, cls, i).random((size, size))
+                save_image(root / split / cls / f"{cls}_{i:04d}.npy", image, fmt)
+    return root
+
+
+def make_superres_folder(
+    root: Path,
+    n: int,
+    lr_size: int = 75,
+    scale: int = 2,
+    *,
+    subdir: str = "",
+    names: Sequence[str] | None = None,
+    fmt: str = "chw",
+    seed: int = 0,
+) -> Path:
+    """Write `n` pairs `ROOT[/subdir]/HR/<name>.npy` and `.../LR/<name>.npy`; return ROOT.
+
+    HR is random (lr_size*scale pixels square) and LR its exact `scale` x `scale` block mean,
+    so `avg_pool2d(hr, scale) == lr`. Names default to `img<i>.npy` (not zero-padded, so their
+    sorted order is not their numeric order). Files are written in reverse order in LR/.
+    """
+    root = Path(root)
+    base = root / subdir if subdir else root
+    names = list(names) if names is not None else [f"img{i}.npy" for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} names for {n} pairs")
+    hr_size = lr_size * scale
+    pairs = []
+    for i, name in enumerate(names):
+        hr = _rng(seed, subdir, name, i).random((hr_size, hr_size)).astype(np.float32)
+        lr = hr.reshape(lr_size, scale, lr_size, scale).mean(axis=(1, 3), dtype=np.float64)
+        pairs.append((name, hr, lr))
+    for name, hr, _ in pairs:
+        save_image(base / "HR" / name, hr, fmt)
+    # A different creation order in LR/ than in HR/: pairing must not depend on it.
+    for name, _, lr in reversed(pairs):
+        save_image(base / "LR" / name, lr, fmt)
+    return root
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` with its size and mtime: compare before/after to see writes."""
+    root = Path(root)
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    } | {p.relative_to(root).as_posix() + "/": (0, 0) for p in root.rglob("*") if p.is_dir()}

@@ -1,0 +1,349 @@
+"""LensClassificationDataModule: formats, class order, splits, bad input, cache, loaders, transforms."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import load_image, make_classification_folder, save_image, tree
+
+from lensexp.data.classification import LensClassificationDataModule
+from lensexp.errors import LensexpError
+
+CLASSES = ["no", "sphere", "vort"]
+
+
+def module(root: Path, cache_dir: Path, **kw) -> LensClassificationDataModule:
+    kw.setdefault("image_size", 32)
+    return LensClassificationDataModule(root=str(root), cache_dir=str(cache_dir), **kw)
+
+
+def split_of(root: Path, cache_dir: Path, split: str, **kw) -> tuple:
+    dm = module(root, cache_dir, **kw)
+    dataset, files = dm.build_split(split)
+    return dm, dataset, files
+
+
+def assert_items_match_files(dm, dataset, files) -> None:
+    """Every item is its file's image, labelled by the index of its folder in dm.classes."""
+    assert len(dataset) == len(files)
+    for i, f in enumerate(files):
+        image, label = dataset[i]
+        assert image.shape == (1, *load_image(f).shape) and image.dtype == torch.float32
+        np.testing.assert_allclose(image[0].numpy(), load_image(f), rtol=1e-6)
+        assert label == dm.classes.index(f.parent.name)
+
+
+# -- formats ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["chw", "hw", "float64"])
+def test_array_formats(tmp_path, cache_dir, fmt):
+    root = make_classification_folder(tmp_path / "cls", 3, size=32, fmt=fmt)
+    dm, ds, files = split_of(root, cache_dir, "train")
+    assert len(files) == 9
+    assert_items_match_files(dm, ds, files)
+
+
+def test_object_arrays_need_allow_pickle(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 2, size=32, fmt="object")
+    with pytest.raises(LensexpError, match=r"train/no/no_0000\.npy: .*data\.allow_pickle"):
+        split_of(root, cache_dir, "train")
+    dm, ds, files = split_of(root, cache_dir, "train", allow_pickle=True)
+    assert_items_match_files(dm, ds, files)
+
+
+def test_default_image_size_is_150(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 1, size=150)
+    dm = LensClassificationDataModule(root=str(root), cache_dir=str(cache_dir))
+    dm.setup("fit")
+    assert dm.datasets["train"][0][0].shape == (1, 150, 150)
+    small = make_classification_folder(tmp_path / "small", 1, size=32)
+    dm = LensClassificationDataModule(root=str(small), cache_dir=str(cache_dir))
+    with pytest.raises(LensexpError, match=r"no_0000\.npy: image is 32x32, expected 150x150"):
+        dm.setup("fit")
+
+
+# -- classes ----------------------------------------------------------------------------------
+
+
+def test_class_index_is_sorted_folder_order(tmp_path, cache_dir):
+    root = make_classification_folder(
+        tmp_path / "cls", 2, size=32, classes=["vort", "cdm", "axion"]
+    )
+    dm, ds, files = split_of(root, cache_dir, "train")
+    assert dm.classes == ["axion", "cdm", "vort"]
+    assert dm.state_for_model() == {"class_names": ["axion", "cdm", "vort"]}
+    assert_items_match_files(dm, ds, files)
+    assert dm.build_split("train")[0].labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_explicit_classes_set_the_order(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 2, size=32)
+    dm, ds, files = split_of(root, cache_dir, "val", classes=["vort", "no", "sphere"])
+    assert [f.parent.name for f in files] == ["vort", "vort", "no", "no", "sphere", "sphere"]
+    assert [ds[i][1] for i in range(len(ds))] == [0, 0, 1, 1, 2, 2]
+    assert_items_match_files(dm, ds, files)
+
+
+def test_explicit_classes_missing_a_folder(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 2, size=32)
+    with pytest.raises(LensexpError, match=r"train/axion: missing class folder"):
+        split_of(root, cache_dir, "train", classes=["no", "axion"])
+
+
+# -- splits -----------------------------------------------------------------------------------
+
+
+def test_seeded_stratified_split_without_val(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 10, size=32, with_val=False)
+    dm = module(root, cache_dir, val_fraction=0.2)
+    dm.setup("fit")
+    train, val = dm.files["train"], dm.files["val"]
+    assert len(train) == 24 and len(val) == 6
+    assert not set(train) & set(val)
+    assert set(train) | set(val) == set(root.rglob("*.npy"))
+    # stratified: every class in both splits, in proportion
+    assert np.bincount(dm.labels_of("val")).tolist() == [2, 2, 2]
+    assert np.bincount(dm.labels_of("train")).tolist() == [8, 8, 8]
+    assert_items_match_files(dm, dm.datasets["val"], val)
+    assert_items_match_files(dm, dm.datasets["train"], train)
+    again = module(root, cache_dir, val_fraction=0.2)
+    again.setup("fit")
+    assert again.files["val"] == val and again.files["train"] == train
+    other = module(root, cache_dir, val_fraction=0.2, split_seed=5)
+    other.setup("fit")
+    assert other.files["val"] != val and len(other.files["val"]) == 6
+
+
+def test_val_folder_is_used(classification_root, cache_dir):
+    dm = module(classification_root, cache_dir)
+    dm.setup("fit")
+    assert len(dm.files["train"]) == 24 and len(dm.files["val"]) == 12
+    assert all(f.parts[-3] == "val" for f in dm.files["val"])
+    assert all(f.parts[-3] == "train" for f in dm.files["train"])
+    assert_items_match_files(dm, dm.datasets["val"], dm.files["val"])
+
+
+def test_split_all_labels_by_folder_name(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 3, size=32, n_val=2, with_test=True)
+    dm, ds, files = split_of(root, cache_dir, "all")
+    assert len(files) == 3 * (3 + 2 + 2)
+    assert {f.parts[-3] for f in files} == {"train", "val", "test"}
+    assert_items_match_files(dm, ds, files)
+
+
+def test_split_all_ignores_a_cache_left_in_the_data_folder(classification_root, cache_dir):
+    # A first run without cache_dir packs into ROOT/.lensexp_cache; a later one must skip it.
+    LensClassificationDataModule(root=str(classification_root), image_size=32).build_split("all")
+    assert list((classification_root / ".lensexp_cache").rglob("*.npy"))
+    dm, ds, files = split_of(classification_root, cache_dir, "all")
+    assert len(files) == 36
+    assert_items_match_files(dm, ds, files)
+
+
+def test_split_test_with_and_without_test_folder(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 2, size=32)
+    dm = module(root, cache_dir)
+    assert dm.build_split("test") is None
+    with pytest.raises(LensexpError, match="no test/ folder"):
+        dm.setup("test")
+    shutil.copytree(root / "val", root / "test")
+    dm = module(root, cache_dir)
+    dm.setup("test")
+    assert [f.parts[-3] for f in dm.files["test"]] == ["test"] * 6
+    images, labels = next(iter(dm.test_dataloader()))
+    assert images.shape == (6, 1, 32, 32) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_missing_root_mentions_the_layout(tmp_path, cache_dir):
+    dm = module(tmp_path / "nowhere", cache_dir)
+    with pytest.raises(LensexpError, match=r"nowhere: no such folder.*ROOT/train/<class>/\*\.npy"):
+        dm.prepare_data()
+    with pytest.raises(LensexpError, match=r"nowhere.*ROOT/train/<class>"):
+        dm.setup("fit")
+
+
+def test_no_root_at_all():
+    with pytest.raises(LensexpError, match="data.root"):
+        LensClassificationDataModule()
+
+
+def test_empty_class_folder(classification_root, cache_dir):
+    for f in (classification_root / "val" / "sphere").iterdir():
+        f.unlink()
+    with pytest.raises(LensexpError, match=r"val/sphere: empty class folder"):
+        module(classification_root, cache_dir).setup("fit")
+
+
+def test_truncated_file(classification_root, cache_dir):
+    path = classification_root / "train" / "vort" / "vort_0003.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(LensexpError, match=r"train/vort/vort_0003\.npy: not a readable \.npy"):
+        module(classification_root, cache_dir).setup("fit")
+    path.write_bytes(path.read_bytes()[:20])  # cut inside the header
+    with pytest.raises(LensexpError, match=r"vort_0003\.npy: not a readable \.npy"):
+        module(classification_root, cache_dir).setup("fit")
+
+
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_not_a_npy_file(classification_root, cache_dir, allow_pickle):
+    path = classification_root / "train" / "no" / "no_0002.npy"
+    path.write_text("x,y\n1,2\n")
+    # Not taken for a pickle: no advice to set allow_pickle, no raw UnpicklingError.
+    with pytest.raises(LensexpError, match=r"no_0002\.npy: not a \.npy file"):
+        module(classification_root, cache_dir, allow_pickle=allow_pickle).setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((3, 32, 32)), r"array of shape \(3, 32, 32\)"),
+        (np.zeros(32), r"array of shape \(32,\)"),
+        (np.zeros((30, 32)), r"image is 30x32, expected 32x32 \(set data\.image_size"),
+        (np.array([["a"] * 32] * 32), "not numeric"),
+    ],
+)
+def test_wrong_shape_or_size(classification_root, cache_dir, array, message):
+    path = classification_root / "val" / "no" / "no_0001.npy"
+    np.save(path, array)
+    with pytest.raises(LensexpError, match=rf"val/no/no_0001\.npy: .*{message}"):
+        module(classification_root, cache_dir).setup("fit")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf(classification_root, cache_dir, bad):
+    image = np.ones((32, 32))
+    image[5, 5] = image[6, 6] = bad
+    save_image(classification_root / "train" / "sphere" / "sphere_0004.npy", image)
+    with pytest.raises(LensexpError, match=r"train/sphere/sphere_0004\.npy: 2 NaN/Inf pixels"):
+        module(classification_root, cache_dir).setup("fit")
+
+
+def test_file_in_an_unknown_folder_for_split_all(classification_root, cache_dir):
+    save_image(classification_root / "train" / "misc" / "x.npy", np.ones((32, 32)))
+    with pytest.raises(LensexpError, match=r"misc/x\.npy: its folder 'misc' is not a class"):
+        split_of(classification_root, cache_dir, "all", classes=CLASSES)
+
+
+def test_bad_settings(classification_root, cache_dir):
+    with pytest.raises(LensexpError, match="batch_size"):
+        module(classification_root, cache_dir, batch_size=0)
+    with pytest.raises(LensexpError, match="split=nope"):
+        module(classification_root, cache_dir, predict_split="nope")
+    dm = module(classification_root, cache_dir, val_fraction=1.5)
+    shutil.rmtree(classification_root / "val")
+    with pytest.raises(LensexpError, match=r"data\.val_fraction=1\.5"):
+        dm.setup("fit")
+
+
+# -- the cache --------------------------------------------------------------------------------
+
+
+def test_cache_is_rebuilt_when_a_file_changes(classification_root, cache_dir):
+    dm, ds, files = split_of(classification_root, cache_dir, "train")
+    before = ds[5][0][0].numpy().copy()
+    new = np.full((32, 32), 7.0)
+    save_image(files[5], new)
+    st = files[5].stat()
+    os.utime(files[5], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _, ds2, _ = split_of(classification_root, cache_dir, "train")
+    np.testing.assert_array_equal(ds2[5][0][0].numpy(), new)
+    assert not np.array_equal(before, new)
+    assert len(list(cache_dir.rglob("train-*.npy"))) == 1  # the stale pack was removed
+    # unchanged files: the same pack is reused, not rebuilt
+    pack = ds2.arrays[0]
+    mtime = pack.stat().st_mtime_ns
+    _, ds3, _ = split_of(classification_root, cache_dir, "train")
+    assert ds3.arrays[0] == pack and pack.stat().st_mtime_ns == mtime
+
+
+def test_cache_dir_elsewhere_writes_nothing_into_the_data(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 4, size=32, with_test=True)
+    before = tree(root)
+    dm = module(root, cache_dir, predict_split="all")
+    for stage in ("fit", "test", "predict"):
+        dm.setup(stage)
+    next(iter(dm.train_dataloader()))
+    assert tree(root) == before
+    assert {p.name.split("-")[0] for p in cache_dir.rglob("*.npy")} == {
+        "train",
+        "val",
+        "test",
+        "all",
+    }
+
+
+def test_default_cache_stays_in_a_hidden_folder(classification_root):
+    before = tree(classification_root)
+    dm = LensClassificationDataModule(root=str(classification_root), image_size=32)
+    dm.setup("fit")
+    added = set(tree(classification_root)) - set(before)
+    assert added and all(p.startswith(".lensexp_cache/") for p in added)
+
+
+# -- loaders and transforms -------------------------------------------------------------------
+
+
+def test_worker_loaders_give_the_same_batches(classification_root, cache_dir):
+    batches = {}
+    for workers in (0, 2):
+        dm = module(classification_root, cache_dir, batch_size=5, num_workers=workers)
+        dm.setup("fit")
+        batches[workers] = list(dm.val_dataloader())
+    assert len(batches[0]) == 3  # 12 val images
+    for (x0, y0), (x2, y2) in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+    assert torch.cat([y for _, y in batches[0]]).tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_trainer_free_use(classification_root, cache_dir):
+    dm = module(classification_root, cache_dir, batch_size=7)
+    dm.prepare_data()
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (7, 1, 32, 32) and labels.dtype == torch.int64
+    # without a Trainer the device hook evaluates: no augmentation
+    out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(out, images) and out_labels is labels
+
+
+def test_batch_transform_resize_and_eval(classification_root, cache_dir):
+    dm = module(classification_root, cache_dir, batch_size=12, resize=224)
+    dm.setup("fit")
+    images, labels = next(iter(dm.val_dataloader()))
+    for train in (False, True):
+        out, out_labels = dm.batch_transform((images, labels), train=train)
+        assert out.shape == (12, 1, 224, 224) and out_labels is labels
+    # eval: a deterministic resize only, no augmentation
+    a, _ = dm.batch_transform((images, labels), train=False)
+    b, _ = dm.batch_transform((images, labels), train=False)
+    assert torch.equal(a, b)
+    expected = F.interpolate(images, size=(224, 224), mode="bilinear", antialias=True)
+    torch.testing.assert_close(a, expected)
+
+
+def test_batch_transform_augments_only_in_training(classification_root, cache_dir):
+    torch.manual_seed(0)
+    dm = module(classification_root, cache_dir, batch_size=12)
+    dm.setup("fit")
+    images, labels = next(iter(dm.val_dataloader()))
+    same, _ = dm.batch_transform((images, labels), train=False)
+    assert torch.equal(same, images)
+    aug, aug_labels = dm.batch_transform((images, labels), train=True)
+    assert torch.equal(aug_labels, labels)
+    changed = (aug != images).flatten(1).any(1)
+    assert changed.sum() >= 6
+    # flips and rot90 only move pixels
+    for x, y in zip(images, aug, strict=True):
+        assert torch.equal(x.flatten().sort().values, y.flatten().sort().values)
+    off = module(classification_root, cache_dir, augment={"flips": False, "rot90": False})
+    assert torch.equal(off.batch_transform((images, labels), train=True)[0], images)
