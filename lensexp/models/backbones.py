@@ -1,0 +1,238 @@
+"""torchvision classification backbones for single-channel lensing images.
+
+`ImageClassifier` builds a torchvision network without weights, fills it through
+`lensexp.models.weights.load_pretrained` (ImageNet weights, a local state dict, or none), then
+replaces the final linear layer by a fresh `num_classes`-way one. Single-channel images reach the
+3-channel network in one of two ways (`input_adapter`):
+
+- `repeat`: the channel is repeated to RGB and normalised per channel with the `mean`/`std`
+  buffers; the network is unchanged.
+- `first_conv`: the first conv is replaced by one with `in_channels` inputs whose weights fold in
+  the channel repetition and the normalisation, so at initialisation it computes exactly what
+  `repeat` computes (see `FoldedInputConv`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models import WeightsEnum
+
+from lensexp.errors import LensexpError
+from lensexp.models.weights import load_pretrained
+
+# Prefix of the option names in error messages (the Hydra path of the classifier's config).
+OPTION = "model"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_ADAPTERS = ("repeat", "first_conv")
+NORMALIZE = ("auto", "imagenet", "none")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A torchvision constructor, its ImageNet weights, and where its stem conv and head live."""
+
+    build: Callable[..., nn.Module]
+    weights: WeightsEnum
+    stem: str  # dotted path of the first conv (3 input channels)
+    head: str  # dotted path of the final nn.Linear (1000 ImageNet classes)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "mobilenet_v3_large": Backbone(
+        torchvision.models.mobilenet_v3_large,
+        torchvision.models.MobileNet_V3_Large_Weights.DEFAULT,
+        "features.0.0",
+        "classifier.3",
+    ),
+    "mobilenet_v3_small": Backbone(
+        torchvision.models.mobilenet_v3_small,
+        torchvision.models.MobileNet_V3_Small_Weights.DEFAULT,
+        "features.0.0",
+        "classifier.3",
+    ),
+    "resnet18": Backbone(
+        torchvision.models.resnet18,
+        torchvision.models.ResNet18_Weights.DEFAULT,
+        "conv1",
+        "fc",
+    ),
+    "efficientnet_b0": Backbone(
+        torchvision.models.efficientnet_b0,
+        torchvision.models.EfficientNet_B0_Weights.DEFAULT,
+        "features.0.0",
+        "classifier.1",
+    ),
+}
+
+
+def _check_choice(name: str, value: object, valid: tuple | list) -> None:
+    if value not in valid:
+        choices = "|".join(str(v) for v in valid)
+        raise LensexpError(f"{OPTION}.{name}={value}: not a valid value; use one of {choices}.")
+
+
+def locate(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:
+    """(parent, attribute name, layer) of the submodule at dotted `path`, for replacing it."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    return parent, name, getattr(parent, name)
+
+
+def first_conv(model: nn.Module, backbone: str) -> tuple[nn.Module, str, nn.Conv2d]:
+    """(parent, attribute name, conv) of the stem conv of a torchvision `backbone` network."""
+    parent, name, conv = locate(model, BACKBONES[backbone].stem)
+    assert isinstance(conv, nn.Conv2d), f"{backbone}: {BACKBONES[backbone].stem} is {conv}"
+    return parent, name, conv
+
+
+def final_linear(model: nn.Module, backbone: str) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent, attribute name, linear) of the classification layer of a torchvision network."""
+    parent, name, linear = locate(model, BACKBONES[backbone].head)
+    assert isinstance(linear, nn.Linear), f"{backbone}: {BACKBONES[backbone].head} is {linear}"
+    return parent, name, linear
+
+
+class FoldedInputConv(nn.Module):
+    """A conv on `in_channels` raw channels equal to an RGB conv on normalised, repeated input.
+
+    The RGB conv sees `(x - mean_c) / std_c` with zero padding, so its output is
+    `sum_c w_c * pad(x) / std_c  -  sum_c w_c * pad(1) * mean_c / std_c  (+ bias)`:
+    a conv of the raw input with `sum_c w_c / std_c`, minus a conv of an all-ones image with
+    `sum_c w_c mean_c / std_c`. The second term does not depend on the input; it is a constant
+    in the interior but not near the border (fewer kernel taps land inside the image), so it
+    cannot be folded into a bias. `offset` keeps it as a (trainable) kernel applied to ones,
+    which makes the fold exact everywhere.
+
+    With 3 input channels, channel c gets `w_c / std_c` (exact for any input). Otherwise every
+    input channel gets `(sum_c w_c / std_c) / in_channels` (exact when the channels are equal).
+    """
+
+    def __init__(self, conv: nn.Conv2d, in_channels: int, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.padding_mode != "zeros" or conv.in_channels != 3:
+            raise ValueError(f"cannot fold the input normalisation into {conv}")
+        weight = conv.weight.detach()
+        scale = (1.0 / std).view(1, 3, 1, 1).to(weight)
+        shift = (mean / std).view(1, 3, 1, 1).to(weight)
+        self.conv = nn.Conv2d(
+            in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+        )
+        with torch.no_grad():
+            if in_channels == 3:
+                self.conv.weight.copy_(weight * scale)
+            else:
+                folded = (weight * scale).sum(dim=1, keepdim=True) / in_channels
+                self.conv.weight.copy_(folded.expand(-1, in_channels, -1, -1))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.detach())
+        # Zero without normalisation, but always present: a checkpoint then loads into a model
+        # built with any `normalize` (evaluate.py rebuilds with pretrained=none).
+        self.offset = nn.Parameter(-(weight * shift).sum(dim=1, keepdim=True).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.conv
+        # One image of ones is enough: the term is the same for the whole batch.
+        ones = x.new_ones((1, 1, *x.shape[-2:]))
+        offset = F.conv2d(ones, self.offset.to(x.dtype), None, c.stride, c.padding, c.dilation)
+        return c(x) + offset
+
+
+class ImageClassifier(nn.Module):
+    """torchvision backbone with a fresh `num_classes` head: (N, in_channels, H, W) -> logits.
+
+    - `pretrained`: `auto|imagenet|none|random` or a path to a torchvision-format state dict of
+      the same backbone with its 1000-class ImageNet head (loaded before the head is replaced).
+    - `normalize`: `imagenet`, `none`, or `auto` (ImageNet statistics exactly when pretrained
+      weights were loaded). The statistics are the persistent buffers `mean`/`std` (1, 3, 1, 1).
+      With `repeat` they are applied in `forward`; with `first_conv` they were folded into the
+      new stem conv at construction and are kept as a record. The `normalize` attribute
+      (`imagenet`|`none`) is read from the buffers, so it follows a loaded checkpoint.
+    - `dropout`: the head's dropout probability; None keeps torchvision's (resnet18 has none;
+      a value adds a dropout before its `fc`).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v3_large",
+        num_classes: int = 3,
+        in_channels: int = 1,
+        input_adapter: str = "repeat",
+        pretrained: str | None = "auto",
+        normalize: str = "auto",
+        dropout: float | None = None,
+    ) -> None:
+        super().__init__()
+        # Every option is checked before the (possibly slow) weight loading.
+        _check_choice("backbone", backbone, list(BACKBONES))
+        _check_choice("input_adapter", input_adapter, INPUT_ADAPTERS)
+        _check_choice("normalize", normalize, NORMALIZE)
+        for name, value, low in (("num_classes", num_classes, 2), ("in_channels", in_channels, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise LensexpError(f"{OPTION}.{name}={value}: must be an integer >= {low}.")
+        if input_adapter == "repeat" and in_channels not in (1, 3):
+            raise LensexpError(
+                f"{OPTION}.input_adapter=repeat takes 1 or 3 input channels, not {in_channels}; "
+                f"use {OPTION}.input_adapter=first_conv."
+            )
+        if dropout is not None and not 0.0 <= float(dropout) < 1.0:
+            raise LensexpError(f"{OPTION}.dropout={dropout}: must be in [0, 1), or null.")
+
+        self.backbone = backbone
+        self.input_adapter = input_adapter
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        spec = BACKBONES[backbone]
+        self.net = spec.build(weights=None)
+        self.pretrained_loaded = load_pretrained(
+            self.net, pretrained, spec.weights, f"{OPTION}.pretrained"
+        )
+        use_imagenet = normalize == "imagenet" or (normalize == "auto" and self.pretrained_loaded)
+        mean = torch.tensor(IMAGENET_MEAN if use_imagenet else (0.0, 0.0, 0.0))
+        std = torch.tensor(IMAGENET_STD if use_imagenet else (1.0, 1.0, 1.0))
+        self.register_buffer("mean", mean.view(1, 3, 1, 1))
+        self.register_buffer("std", std.view(1, 3, 1, 1))
+
+        parent, name, linear = final_linear(self.net, backbone)
+        head: nn.Module = nn.Linear(linear.in_features, num_classes)
+        if dropout is not None:
+            dropouts = [m for m in parent.modules() if isinstance(m, nn.Dropout)]
+            if dropouts:
+                for module in dropouts:
+                    module.p = float(dropout)
+            else:
+                head = nn.Sequential(nn.Dropout(float(dropout)), head)
+        setattr(parent, name, head)
+
+        if input_adapter == "first_conv":
+            parent, name, conv = first_conv(self.net, backbone)
+            setattr(parent, name, FoldedInputConv(conv, in_channels, mean, std))
+
+    @property
+    def normalize(self) -> str:
+        """`imagenet` or `none`: read from the buffers, so it follows a loaded checkpoint."""
+        return "imagenet" if bool((self.mean != 0).any()) else "none"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (N, num_classes) of images (N, in_channels, H, W)."""
+        if self.input_adapter == "repeat":
+            x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return self.net(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"backbone={self.backbone}, input_adapter={self.input_adapter}, "
+            f"normalize={self.normalize}, pretrained_loaded={self.pretrained_loaded}"
+        )
