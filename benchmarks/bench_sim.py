@@ -69,13 +69,20 @@ def sr_baseline(preset: str, n_pairs: int) -> dict[str, tuple[float, float]]:
         up = F.interpolate(lr, size=hr.shape[-2:], mode=mode, align_corners=False).clamp(0, 1)
         psnr = peak_signal_noise_ratio(up, hr, data_range=1.0, reduction="none", dim=(1, 2, 3))
         # In small batches: torchmetrics' SSIM convolution unfolds 121 values per pixel.
-        ssim = torch.cat([
-            structural_similarity_index_measure(
-                up[i:i + 8], hr[i:i + 8], data_range=1.0, gaussian_kernel=True, sigma=1.5,
-                kernel_size=11, reduction="none",
-            )
-            for i in range(0, len(hr), 8)
-        ])
+        ssim = torch.cat(
+            [
+                structural_similarity_index_measure(
+                    up[i : i + 8],
+                    hr[i : i + 8],
+                    data_range=1.0,
+                    gaussian_kernel=True,
+                    sigma=1.5,
+                    kernel_size=11,
+                    reduction="none",
+                )
+                for i in range(0, len(hr), 8)
+            ]
+        )
         result[mode] = (float(psnr.mean()), float(ssim.mean()))
     return result
 
@@ -83,7 +90,9 @@ def sr_baseline(preset: str, n_pairs: int) -> dict[str, tuple[float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-per-class", type=int, default=200, help="images per class and run")
-    parser.add_argument("--sr-pairs", type=int, default=300, help="pairs per super-resolution preset")
+    parser.add_argument(
+        "--sr-pairs", type=int, default=300, help="pairs per super-resolution preset"
+    )
     parser.add_argument("--preset", default="model_i", help="classification preset to time")
     args = parser.parse_args()
     cores = resolve_workers(0)

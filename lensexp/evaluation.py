@@ -34,6 +34,9 @@ def evaluate_module(
     """Predict `split` with `module` as it is and write the task's report into `out_dir`."""
     datamodule.predict_split = split
     datamodule.setup("predict")
+    if module.task == "superres":
+        # Full-size SR images are returned only when they are to be saved (memory).
+        module.keep_sr_images = save_outputs
     outputs = trainer.predict(module, datamodule=datamodule, return_predictions=True)
     files = datamodule.files[split]
     out_dir = Path(out_dir)
@@ -75,9 +78,13 @@ def config_from_checkpoint(cfg: DictConfig, checkpoint: dict[str, Any], path: st
         elif key in ("data", "loss", "model", "experiment", "optimizer", "scheduler"):
             ignored.append(item)
     if ignored:
-        log.warning("ckpt_path given: the checkpoint's config wins; ignoring %s", ", ".join(ignored))
+        log.warning(
+            "ckpt_path given: the checkpoint's config wins; ignoring %s", ", ".join(ignored)
+        )
     # The checkpoint holds the trained weights; don't fetch pretrained ones to overwrite.
-    OmegaConf.update(run, "model.pretrained", None if run.model.get("pretrained") is None else "none")
+    OmegaConf.update(
+        run, "model.pretrained", None if run.model.get("pretrained") is None else "none"
+    )
     if OmegaConf.select(run, "loss.perceptual.weights") is not None:
         OmegaConf.update(run, "loss.perceptual.weights", "random")
     return run
@@ -102,8 +109,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if checkpoint is not None:
         module.load_state_dict(checkpoint["state_dict"])
     out_dir = Path(cfg.paths.output_dir)
+    trainer = quiet_trainer(run, keep_limits=False)
     report = evaluate_module(
-        module, datamodule, quiet_trainer(run), cfg.split, out_dir, cfg.get("save_outputs", False)
+        module, datamodule, trainer, cfg.split, out_dir, cfg.get("save_outputs", False)
     )
     print_metrics_table(report, title=f"{module.task}: {cfg.split} split of {datamodule.root}")
     print(f"report: {out_dir}")

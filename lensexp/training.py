@@ -1,10 +1,10 @@
 """How a composed config becomes objects, and the training run that `train.py` calls.
 
-    cfg.data      -> LightningDataModule      (task: classification | superres)
-    cfg.loss      -> loss nn.Module           (must share the data module's task)
-    cfg.model     -> TaskModule, given the loss, optimizer/scheduler partials and what the
-                     data module knows (class names, scale)
-    cfg.trainer   -> lightning Trainer, with cfg.callbacks and cfg.logger
+cfg.data      -> LightningDataModule      (task: classification | superres)
+cfg.loss      -> loss nn.Module           (must share the data module's task)
+cfg.model     -> TaskModule, given the loss, optimizer/scheduler partials and what the
+                 data module knows (class names, scale)
+cfg.trainer   -> lightning Trainer, with cfg.callbacks and cfg.logger
 """
 
 from __future__ import annotations
@@ -54,16 +54,21 @@ def _choices() -> dict[str, str]:
     return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
 
 
-def _options_by_task(group: str) -> dict[str, list[str]]:
+def _config_dirs(cfg: DictConfig) -> list[Path]:
+    if HydraConfig.initialized():
+        return [
+            Path(s.path)
+            for s in HydraConfig.get().runtime.config_sources
+            if s.provider == "main" and s.schema == "file"
+        ]
+    return [Path(OmegaConf.select(cfg, "paths.root_dir", default=".")) / "conf"]
+
+
+def _options_by_task(cfg: DictConfig, group: str) -> dict[str, list[str]]:
     """For each task, the options of a config group that serve it (read from conf/)."""
-    if not HydraConfig.initialized():
-        return {}
     found: dict[str, list[str]] = {}
-    for source in HydraConfig.get().runtime.config_sources:
-        if source.provider != "main" or not source.path.startswith("file://"):
-            continue
-        folder = Path(source.path.removeprefix("file://")) / group
-        for file in sorted(folder.glob("*.yaml")):
+    for conf in _config_dirs(cfg):
+        for file in sorted((conf / group).glob("*.yaml")):
             try:
                 content = yaml.safe_load(file.read_text()) or {}
             except yaml.YAMLError:
@@ -92,7 +97,7 @@ def check_compatible(cfg: DictConfig) -> str:
     choices = _choices()
     for group in ("data", "loss"):
         if tasks[group] != model_task:
-            valid = _options_by_task(group).get(model_task, [])
+            valid = _options_by_task(cfg, group).get(model_task, [])
             hint = f"choose {group}={'|'.join(valid)}" if valid else f"give a {model_task} {group}"
             raise LensexpError(
                 f"{group}={choices.get(group, _target_of(cfg.get(group)))} is a "
@@ -115,8 +120,10 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightn
     loss = instantiate(cfg.loss)
     optimizer = instantiate(cfg.optimizer)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    # _convert_: plain lists and dicts in hparams, so checkpoints load with weights_only=True.
     return instantiate(
         cfg.model,
+        _convert_="all",
         loss=loss,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -146,10 +153,15 @@ def output_dir(cfg: DictConfig) -> Path:
     return folder
 
 
-def quiet_trainer(cfg: DictConfig) -> L.Trainer:
-    """A trainer for one-off validation/prediction: same device and limits, no side effects."""
+# Trainer settings that shorten a run, undone: a report covers the whole split.
+NO_LIMITS = {"fast_dev_run": False, "limit_val_batches": 1.0, "limit_predict_batches": 1.0}
+
+
+def quiet_trainer(cfg: DictConfig, keep_limits: bool = True) -> L.Trainer:
+    """A trainer for one-off validation/prediction on the run's device, with no side effects."""
     return instantiate(
         cfg.trainer,
+        **({} if keep_limits else NO_LIMITS),
         logger=False,
         callbacks=[],
         enable_checkpointing=False,
@@ -188,7 +200,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False
     )[0]
     report_dir = out / "best_val"
-    report = evaluate_module(module, datamodule, final, "val", report_dir)
+    report = evaluate_module(module, datamodule, quiet_trainer(cfg, False), "val", report_dir)
 
     results = {
         "task": task,

@@ -81,8 +81,13 @@ def test_ring_peaks_at_einstein_radius():
     radius, prof = _radial_profile(image[0], 0.05)
     assert abs(radius[prof.argmax()] - row["theta_E"]) < 0.1
     # With the recipe's random source positions the mean profile still peaks there.
-    total = sum(_radial_profile(sim_img[0], 0.05)[1] for sim_img in (
-        Simulator(load_preset("model_i"), "classification").image("no", 0, i)[0] for i in range(6)))
+    total = sum(
+        _radial_profile(sim_img[0], 0.05)[1]
+        for sim_img in (
+            Simulator(load_preset("model_i"), "classification").image("no", 0, i)[0]
+            for i in range(6)
+        )
+    )
     assert abs(radius[total.argmax()] - row["theta_E"]) < 0.2
 
 
@@ -118,15 +123,19 @@ def test_subhalo_and_vortex_draws_follow_the_settings():
         sphere = sim.system("sphere", 0, index)[0].sub
         assert sphere.count == 25
         assert sphere.mass.min() >= 1e6 and sphere.mass.max() <= 1e10
-        assert np.all((np.hypot(sphere.x, sphere.y) >= 0.25) & (np.hypot(sphere.x, sphere.y) <= 2.0))
+        assert np.all(
+            (np.hypot(sphere.x, sphere.y) >= 0.25) & (np.hypot(sphere.x, sphere.y) <= 2.0)
+        )
     default = Simulator(load_preset("model_i"), "classification")
     axion = [default.describe("vort", 0, i)["axion_mass"] for i in range(20)]
     assert all(1e-24 <= m <= 1e-22 for m in axion) and max(axion) / min(axion) > 3
 
 
 def test_randomised_ranges_and_observation_presets():
-    cfg = load_preset("model_i", {"halo.e1": [-0.2, 0.2], "shear.gamma2": [-0.05, 0.05],
-                                  "source.R_sersic": [0.1, 0.4]})
+    cfg = load_preset(
+        "model_i",
+        {"halo.e1": [-0.2, 0.2], "shear.gamma2": [-0.05, 0.05], "source.R_sersic": [0.1, 0.4]},
+    )
     rows = [Simulator(cfg, "classification").describe("no", 0, i) for i in range(4)]
     assert len({r["lens_e1"] for r in rows}) == 4
     assert all(-0.2 <= r["lens_e1"] <= 0.2 and 0.1 <= r["source_R_sersic"] <= 0.4 for r in rows)
@@ -165,8 +174,9 @@ def test_classification_layout_and_manifest(tmp_path):
 
 
 def test_superres_layout_and_degradation(tmp_path):
-    out = make_superres_dataset(tmp_path / "sr", 3, num_workers=1, progress=False,
-                                overrides={"superres.blur_sigma": 0.0})
+    out = make_superres_dataset(
+        tmp_path / "sr", 3, num_workers=1, progress=False, overrides={"superres.blur_sigma": 0.0}
+    )
     hr_names = sorted(p.name for p in (out / "HR").glob("*.npy"))
     assert hr_names == sorted(p.name for p in (out / "LR").glob("*.npy")) and len(hr_names) == 3
     for name in hr_names:
@@ -176,8 +186,9 @@ def test_superres_layout_and_degradation(tmp_path):
         # downsample/area with no blur or noise: LR is the 2x2 mean of HR
         np.testing.assert_allclose(lr[0], hr[0].reshape(75, 2, 75, 2).mean(axis=(1, 3)), atol=1e-6)
     assert [r["file"] for r in _manifest(out)] == hr_names
-    out2 = make_superres_dataset(tmp_path / "sr2", 2, preset="superres_render", num_workers=1,
-                                 progress=False)
+    out2 = make_superres_dataset(
+        tmp_path / "sr2", 2, preset="superres_render", num_workers=1, progress=False
+    )
     lr = np.load(out2 / "LR" / "000000.npy")
     assert lr.shape == (1, 75, 75) and lr.max() == 1.0
     assert float(_manifest(out2)[0]["lr_exposure_time"]) > 0
@@ -201,8 +212,9 @@ def test_bytes_identical_across_workers_and_shards(tmp_path):
     assert (two / "manifest.csv").read_bytes() == manifest
     assert (shards / "manifest.csv").read_bytes() == manifest
     # Another seed gives other images.
-    other = make_classification_dataset(tmp_path / "other", 1, num_workers=1, overrides=SMALL,
-                                        progress=False, seed=4)
+    other = make_classification_dataset(
+        tmp_path / "other", 1, num_workers=1, overrides=SMALL, progress=False, seed=4
+    )
     assert _files(other)["train/no/no_000000.npy"] != reference["train/no/no_000000.npy"]
 
 
@@ -285,14 +297,16 @@ def test_bad_counts_presets_and_settings(tmp_path):
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    _one_line_error(make_classification_dataset, blocker / "data", 1, progress=False,
-                    match="not writable")
+    _one_line_error(
+        make_classification_dataset, blocker / "data", 1, progress=False, match="not writable"
+    )
     _one_line_error(make_classification_dataset, blocker, 1, progress=False, match="is a file")
     if os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
-        _one_line_error(make_classification_dataset, locked, 1, progress=False,
-                        match="not writable")
+        _one_line_error(
+            make_classification_dataset, locked, 1, progress=False, match="not writable"
+        )
 
 
 def test_foreign_files_and_changed_settings(tmp_path):
@@ -306,11 +320,18 @@ def test_foreign_files_and_changed_settings(tmp_path):
     make_classification_dataset(out, 2, overwrite=True, **kw)
     assert foreign.exists() and len(_manifest(out)) == 6  # written next to it, never deleted
     clean = make_classification_dataset(tmp_path / "clean", 3, **kw)
-    _one_line_error(make_classification_dataset, clean, 3, seed=1, match="seed: 0 then, 1 now", **kw)
+    _one_line_error(
+        make_classification_dataset, clean, 3, seed=1, match="seed: 0 then, 1 now", **kw
+    )
     _one_line_error(make_classification_dataset, clean, 2, match="beyond the requested count", **kw)
-    _one_line_error(make_superres_dataset, clean, 2, match="other settings",
-                    overrides={"instrument.num_pix": 40, "instrument.pixel_scale": 0.125},
-                    progress=False)
+    _one_line_error(
+        make_superres_dataset,
+        clean,
+        2,
+        match="other settings",
+        overrides={"instrument.num_pix": 40, "instrument.pixel_scale": 0.125},
+        progress=False,
+    )
     make_classification_dataset(clean, 2, seed=1, overwrite=True, **kw)
     assert len(_files(clean)) == 6 and _manifest(clean)[0]["seed"] == "1"
 
@@ -323,16 +344,40 @@ def test_cli_runs_and_reports_bad_input_in_one_line(tmp_path):
     cwd.mkdir()
     out = tmp_path / "cli"
     ok = subprocess.run(
-        [sys.executable, "-m", "lensexp.sim", "task=superres", f"out={out}", "n_pairs=2",
-         "num_workers=1", "progress=false", "+overrides.superres.noise_rms=0.01"],
-        cwd=cwd, env=_env(), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "lensexp.sim",
+            "task=superres",
+            f"out={out}",
+            "n_pairs=2",
+            "num_workers=1",
+            "progress=false",
+            "+overrides.superres.noise_rms=0.01",
+        ],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
     assert len(list((out / "HR").glob("*.npy"))) == 2 and len(_manifest(out)) == 2
     assert float(_manifest(out)[0]["lr_noise_rms"]) == 0.01
     bad = subprocess.run(
-        [sys.executable, "-m", "lensexp.sim", "task=classification", f"out={out}",
-         "preset=model_x"], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "lensexp.sim",
+            "task=classification",
+            f"out={out}",
+            "preset=model_x",
+        ],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0 and "unknown simulator preset" in bad.stderr

@@ -36,7 +36,7 @@ class LensClassificationDataModule(NpyDataModule):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        self.requested_classes = list(classes) if classes else None
+        self.requested_classes = [str(c) for c in classes] if classes else None
         self.image_size = (int(image_size), int(image_size)) if image_size else None
         self.allow_pickle = bool(allow_pickle)
         self.transform = ClassificationTransform(

@@ -47,9 +47,7 @@ def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2:
-        raise LensexpError(
-            f"{path}: array of shape {arr.shape}; expected (H, W) or (1, H, W)."
-        )
+        raise LensexpError(f"{path}: array of shape {arr.shape}; expected (H, W) or (1, H, W).")
     if not np.issubdtype(arr.dtype, np.number):
         raise LensexpError(f"{path}: dtype {arr.dtype} is not numeric.")
     arr = arr.astype(np.float32, copy=False)

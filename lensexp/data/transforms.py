@@ -83,7 +83,10 @@ class ClassificationTransform:
             x = center_crop(x, self.crop)
         if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
             x = F.interpolate(
-                x, size=(self.resize, self.resize), mode="bilinear", align_corners=False,
+                x,
+                size=(self.resize, self.resize),
+                mode="bilinear",
+                align_corners=False,
                 antialias=True,
             )
         return x

@@ -16,9 +16,7 @@ class CrossEntropyLoss(nn.Module):
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise LensexpError(
-                f"loss.label_smoothing={label_smoothing}: must lie in [0, 1)."
-            )
+            raise LensexpError(f"loss.label_smoothing={label_smoothing}: must lie in [0, 1).")
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:

@@ -30,8 +30,7 @@ def read_state_dict(path: str | os.PathLike, option: str) -> dict[str, torch.Ten
     file = Path(path).expanduser()
     if not file.is_file():
         raise LensexpError(
-            f"{option}={path}: no such file. Give a state-dict file, or one of "
-            f"auto|imagenet|none."
+            f"{option}={path}: no such file. Give a state-dict file, or one of auto|imagenet|none."
         )
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
@@ -85,7 +84,12 @@ def load_pretrained(
             log.warning(
                 "\n%s\n!! %s=auto: ImageNet weights %s are not available (%s).\n"
                 "!! Training FROM SCRATCH; recorded as pretrained_loaded=false. To use them, %s.\n%s",
-                "!" * 78, option, weights, type(err).__name__, remedy, "!" * 78,
+                "!" * 78,
+                option,
+                weights,
+                type(err).__name__,
+                remedy,
+                "!" * 78,
             )
             return False
     else:

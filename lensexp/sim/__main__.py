@@ -29,15 +29,21 @@ def run(cfg: DictConfig) -> Path:
     if task not in DEFAULT_PRESET:
         raise LensexpError(f"task={task!r}: choose task=classification or task=superres.")
     common = dict(
-        preset=cfg.preset or DEFAULT_PRESET[task], seed=cfg.seed, num_workers=cfg.num_workers,
-        overwrite=cfg.overwrite, progress=cfg.progress, shard=cfg.shard,
-        num_shards=cfg.num_shards, overrides=OmegaConf.to_container(cfg.overrides, resolve=True),
+        preset=cfg.preset or DEFAULT_PRESET[task],
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        overwrite=cfg.overwrite,
+        progress=cfg.progress,
+        shard=cfg.shard,
+        num_shards=cfg.num_shards,
+        overrides=OmegaConf.to_container(cfg.overrides, resolve=True),
     )
     if OmegaConf.is_missing(cfg, "out"):
         raise LensexpError("out is required: the folder to write the dataset into (out=DIR).")
     if task == "classification":
-        return make_classification_dataset(cfg.out, cfg.n_per_class,
-                                           val_fraction=cfg.val_fraction, **common)
+        return make_classification_dataset(
+            cfg.out, cfg.n_per_class, val_fraction=cfg.val_fraction, **common
+        )
     return make_superres_dataset(cfg.out, cfg.n_pairs, **common)
 
 

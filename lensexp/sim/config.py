@@ -74,7 +74,9 @@ def _nest_overrides(overrides: Mapping) -> dict:
     nested: dict = {}
     for key, value in overrides.items():
         if not isinstance(key, str) or not key:
-            raise LensexpError(f"override key {key!r} must be a non-empty string like 'source.R_sersic'.")
+            raise LensexpError(
+                f"override key {key!r} must be a non-empty string like 'source.R_sersic'."
+            )
         if isinstance(value, Mapping):
             value = _nest_overrides(value)
         node = nested
@@ -129,7 +131,9 @@ def load_preset(name: str, overrides: Mapping | None = None) -> dict:
         overrides = OmegaConf.to_container(overrides, resolve=True)
     if overrides:
         if not isinstance(overrides, Mapping):
-            raise LensexpError(f"overrides must be a mapping of setting -> value, got {type(overrides).__name__}.")
+            raise LensexpError(
+                f"overrides must be a mapping of setting -> value, got {type(overrides).__name__}."
+            )
         nested = _nest_overrides(overrides)
         _check_known(preset, nested, name)
         preset = _merge(preset, nested)
@@ -150,8 +154,9 @@ def is_range(value: Any) -> bool:
     return isinstance(value, (list, tuple))
 
 
-def _number(key: str, value: Any, *, positive: bool = False, nonneg: bool = False,
-            allow_range: bool = True) -> None:
+def _number(
+    key: str, value: Any, *, positive: bool = False, nonneg: bool = False, allow_range: bool = True
+) -> None:
     """Check that `key` holds a finite number or (if allowed) a `[low, high]` range of them."""
     values = value if is_range(value) else [value]
     if is_range(value) and (not allow_range or len(value) != 2):
@@ -170,7 +175,9 @@ def _number(key: str, value: Any, *, positive: bool = False, nonneg: bool = Fals
 
 def _integer(key: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise LensexpError(f"simulator setting '{key}' = {value!r}: expected an integer >= {minimum}.")
+        raise LensexpError(
+            f"simulator setting '{key}' = {value!r}: expected an integer >= {minimum}."
+        )
 
 
 def _section(cfg: dict, key: str) -> dict:
@@ -188,7 +195,9 @@ def validate_instrument(inst: dict, where: str) -> None:
     if kind == "simple":
         _number(f"{where}.pixel_scale", inst.get("pixel_scale"), positive=True, allow_range=False)
         _number(f"{where}.psf_fwhm", inst.get("psf_fwhm"), nonneg=True, allow_range=False)
-        _number(f"{where}.psf_truncation", inst.get("psf_truncation"), positive=True, allow_range=False)
+        _number(
+            f"{where}.psf_truncation", inst.get("psf_truncation"), positive=True, allow_range=False
+        )
         _number(f"{where}.background_rms", inst.get("background_rms"), nonneg=True)
         _number(f"{where}.log10_exposure_time", inst.get("log10_exposure_time"))
         if inst.get("noise") not in ("deeplense", "gaussian", "none"):
@@ -199,7 +208,9 @@ def validate_instrument(inst: dict, where: str) -> None:
     elif kind == "observation":
         for key in ("telescope", "band"):
             if not isinstance(inst.get(key), str):
-                raise LensexpError(f"simulator setting '{where}.{key}' must be a name (e.g. Euclid, VIS).")
+                raise LensexpError(
+                    f"simulator setting '{where}.{key}' must be a name (e.g. Euclid, VIS)."
+                )
         if inst.get("noise") not in ("observation", "none"):
             raise LensexpError(
                 f"simulator setting '{where}.noise' = {inst.get('noise')!r}: expected observation or none."
@@ -234,7 +245,9 @@ def validate(cfg: dict) -> None:
         _number(f"shear.{key}", cfg["shear"].get(key))
     src = cfg["source"]
     if (src.get("amp") is None) == (src.get("magnitude") is None):
-        raise LensexpError("simulator settings: set exactly one of source.amp and source.magnitude.")
+        raise LensexpError(
+            "simulator settings: set exactly one of source.amp and source.magnitude."
+        )
     if src.get("amp") is not None:
         _number("source.amp", src["amp"], positive=True)
     if src.get("magnitude") is not None:
@@ -251,12 +264,16 @@ def validate(cfg: dict) -> None:
     _number("sphere.r_min", sph.get("r_min"), nonneg=True, allow_range=False)
     _number("sphere.r_max", sph.get("r_max"), nonneg=True, allow_range=False)
     if sph["mass_min"] > sph["mass_max"] or sph["r_min"] > sph["r_max"]:
-        raise LensexpError("simulator settings: sphere.mass_min/r_min must not exceed mass_max/r_max.")
+        raise LensexpError(
+            "simulator settings: sphere.mass_min/r_min must not exceed mass_max/r_max."
+        )
     vort = cfg["vort"]
     _number("vort.mass", vort.get("mass"), positive=True)
     _integer("vort.n_points", vort.get("n_points"), 1)
     _number("vort.log10_axion_mass", vort.get("log10_axion_mass"))
-    _number("vort.length_coefficient", vort.get("length_coefficient"), positive=True, allow_range=False)
+    _number(
+        "vort.length_coefficient", vort.get("length_coefficient"), positive=True, allow_range=False
+    )
     validate_instrument(cfg["instrument"], "instrument")
     if "superres" in cfg:
         validate_superres(cfg)
@@ -278,7 +295,7 @@ def validate_superres(cfg: dict) -> None:
     if not classes or not all(c in ("no", "sphere", "vort") for c in classes):
         raise LensexpError(
             f"simulator setting 'superres.classes' = {classes!r}: a list of no, sphere, vort "
-            "(quote \"no\" in YAML, where a bare no means false)."
+            '(quote "no" in YAML, where a bare no means false).'
         )
     _integer("superres.factor", sr.get("factor"), 1)
     mode = sr.get("degradation")
@@ -298,7 +315,9 @@ def validate_superres(cfg: dict) -> None:
     elif mode == "render":
         lr = sr.get("lr_instrument")
         if not isinstance(lr, dict):
-            raise LensexpError("simulator setting 'superres.lr_instrument' is needed for degradation=render.")
+            raise LensexpError(
+                "simulator setting 'superres.lr_instrument' is needed for degradation=render."
+            )
         validate_instrument(lr, "superres.lr_instrument")
     else:
         raise LensexpError(

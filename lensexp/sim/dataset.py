@@ -143,15 +143,21 @@ def _progress_bar(total: int, description: str, enabled: bool) -> Iterator[Calla
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         yield lambda: bar.advance(task)
 
 
-def _render_all(pending: list[Item], cfg: dict, task: str, seed: int, out: Path,
-                processes: int, progress: bool) -> None:
+def _render_all(
+    pending: list[Item], cfg: dict, task: str, seed: int, out: Path, processes: int, progress: bool
+) -> None:
     description = f"simulating {task} ({cfg['name']})"
     classes = tuple(sorted({it.cls for it in pending}))
     # Built here once; forked workers inherit it ready to render (spawned ones rebuild it).
@@ -169,8 +175,10 @@ def _render_all(pending: list[Item], cfg: dict, task: str, seed: int, out: Path,
         init, args = _limit_threads, ()
     else:
         init, args = _init_spawned, (cfg, task, seed, str(out), classes)
-    with ctx.Pool(processes, initializer=init, initargs=args) as pool, \
-            _progress_bar(len(pending), description, progress) as advance:
+    with (
+        ctx.Pool(processes, initializer=init, initargs=args) as pool,
+        _progress_bar(len(pending), description, progress) as advance,
+    ):
         for _ in pool.imap_unordered(_render, pending, chunksize=chunk):
             advance()
 
@@ -185,16 +193,31 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def _run(task: str, out, count: int, count_name: str, *, preset: str, seed: int,
-         val_fraction: float | None, num_workers: int, overwrite: bool, progress: bool,
-         overrides: Mapping | None, shard: int, num_shards: int) -> Path:
+def _run(
+    task: str,
+    out,
+    count: int,
+    count_name: str,
+    *,
+    preset: str,
+    seed: int,
+    val_fraction: float | None,
+    num_workers: int,
+    overwrite: bool,
+    progress: bool,
+    overrides: Mapping | None,
+    shard: int,
+    num_shards: int,
+) -> Path:
     _check_int(count_name, count, 1)
     _check_int("seed", seed, 0)
     _check_int("num_workers", num_workers, 0)
     _check_int("num_shards", num_shards, 1)
     _check_int("shard", shard, 0)
     if shard >= num_shards:
-        raise LensexpError(f"shard={shard} must be below num_shards={num_shards} (shards count from 0).")
+        raise LensexpError(
+            f"shard={shard} must be below num_shards={num_shards} (shards count from 0)."
+        )
     if out is None or str(out) in ("", "???"):
         raise LensexpError("out is required: the folder to write the dataset into (out=DIR).")
     out = Path(out).expanduser().absolute()
@@ -213,20 +236,34 @@ def _run(task: str, out, count: int, count_name: str, *, preset: str, seed: int,
     if val_fraction is not None:
         state["val_fraction"] = val_fraction
     writer.prepare_output(
-        out, state, planned={f for it in plan for f in it.files},
-        mine={f for it in mine for f in it.files}, overwrite=overwrite,
+        out,
+        state,
+        planned={f for it in plan for f in it.files},
+        mine={f for it in mine for f in it.files},
+        overwrite=overwrite,
     )
     for folder in sorted({str(Path(f).parent) for it in mine for f in it.files}):
         (out / folder).mkdir(parents=True, exist_ok=True)
 
-    pending = [it for it in mine
-               if not all(writer.is_complete(out / f, s) for f, s in zip(it.files, sizes, strict=True))]
+    pending = [
+        it
+        for it in mine
+        if not all(writer.is_complete(out / f, s) for f, s in zip(it.files, sizes, strict=True))
+    ]
     processes = min(resolve_workers(num_workers), max(1, len(pending)))
     where = f" (shard {shard} of {num_shards})" if num_shards > 1 else ""
     unit = "images" if task == "classification" else "pairs"
     if pending:
-        log.info("%s%s: %d of %d %s present, rendering %d with %d process(es)", out, where,
-                 len(mine) - len(pending), len(mine), unit, len(pending), processes)
+        log.info(
+            "%s%s: %d of %d %s present, rendering %d with %d process(es)",
+            out,
+            where,
+            len(mine) - len(pending),
+            len(mine),
+            unit,
+            len(pending),
+            processes,
+        )
     else:
         log.info("%s%s: all %d %s present", out, where, len(mine), unit)
     manifest_ok = writer.manifest_rows(out / writer.MANIFEST) == len(plan)
@@ -255,9 +292,18 @@ def _manifest_row(sim: Simulator, item: Item, seed: int) -> dict:
 
 
 def make_classification_dataset(
-    out, n_per_class: int, *, preset: str = "model_i", seed: int = 0,
-    val_fraction: float = 0.2, num_workers: int = 0, overwrite: bool = False,
-    progress: bool = True, overrides: dict | None = None, shard: int = 0, num_shards: int = 1,
+    out,
+    n_per_class: int,
+    *,
+    preset: str = "model_i",
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    overrides: dict | None = None,
+    shard: int = 0,
+    num_shards: int = 1,
 ) -> Path:
     """Simulate `OUT/{train,val}/{no,sphere,vort}/*.npy` (each (1, H, W) float32) + manifest.csv.
 
@@ -268,18 +314,41 @@ def make_classification_dataset(
     settings by key, e.g. `{"halo.e1": [-0.2, 0.2], "instrument.num_pix": 64}`.
     Returns the output folder; raises LensexpError on bad input.
     """
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0 <= val_fraction < 1:
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float))
+        or not 0 <= val_fraction < 1
+    ):
         raise LensexpError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.")
-    return _run("classification", out, n_per_class, "n_per_class", preset=preset, seed=seed,
-                val_fraction=float(val_fraction), num_workers=num_workers, overwrite=overwrite,
-                progress=progress, overrides=overrides, shard=shard, num_shards=num_shards)
+    return _run(
+        "classification",
+        out,
+        n_per_class,
+        "n_per_class",
+        preset=preset,
+        seed=seed,
+        val_fraction=float(val_fraction),
+        num_workers=num_workers,
+        overwrite=overwrite,
+        progress=progress,
+        overrides=overrides,
+        shard=shard,
+        num_shards=num_shards,
+    )
 
 
 def make_superres_dataset(
-    out, n_pairs: int, *, preset: str = "superres_mild", seed: int = 0, num_workers: int = 0,
-    overwrite: bool = False, progress: bool = True, overrides: dict | None = None,
-    shard: int = 0, num_shards: int = 1,
+    out,
+    n_pairs: int,
+    *,
+    preset: str = "superres_mild",
+    seed: int = 0,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    overrides: dict | None = None,
+    shard: int = 0,
+    num_shards: int = 1,
 ) -> Path:
     """Simulate `OUT/HR/*.npy` and `OUT/LR/*.npy` pairs (same file names) + manifest.csv.
 
@@ -288,6 +357,18 @@ def make_superres_dataset(
     downsampling (`downsample`). Same resume, determinism and sharding rules as
     `make_classification_dataset`. Returns the output folder.
     """
-    return _run("superres", out, n_pairs, "n_pairs", preset=preset, seed=seed, val_fraction=None,
-                num_workers=num_workers, overwrite=overwrite, progress=progress,
-                overrides=overrides, shard=shard, num_shards=num_shards)
+    return _run(
+        "superres",
+        out,
+        n_pairs,
+        "n_pairs",
+        preset=preset,
+        seed=seed,
+        val_fraction=None,
+        num_workers=num_workers,
+        overwrite=overwrite,
+        progress=progress,
+        overrides=overrides,
+        shard=shard,
+        num_shards=num_shards,
+    )

@@ -42,8 +42,11 @@ def einstein_radius(mass: float | np.ndarray, cfg: dict) -> float | np.ndarray:
     """
     c = cfg["cosmology"]
     sigma = _sigma_crit_angle(
-        float(c["H0"]), float(c["Om0"]), float(c.get("Ob0", 0.0)),
-        float(cfg["z_lens"]), float(cfg["z_source"]),
+        float(c["H0"]),
+        float(c["Om0"]),
+        float(c.get("Ob0", 0.0)),
+        float(cfg["z_lens"]),
+        float(cfg["z_source"]),
     )
     return np.sqrt(np.asarray(mass, dtype=float) / (math.pi * sigma))
 
@@ -150,8 +153,9 @@ def sample_macro(cfg: dict, rng: np.random.Generator) -> tuple[float, dict, dict
     return mass, kwargs_halo, kwargs_shear, kwargs_source
 
 
-def power_law_masses(rng: np.random.Generator, n: int, m_min: float, m_max: float,
-                     slope: float) -> np.ndarray:
+def power_law_masses(
+    rng: np.random.Generator, n: int, m_min: float, m_max: float, slope: float
+) -> np.ndarray:
     """`n` masses from dN/dm ~ m^slope on [m_min, m_max] by inverse-CDF sampling."""
     u = rng.uniform(0.0, 1.0, size=n)
     if abs(slope + 1.0) < 1e-12:  # dN/dm ~ 1/m: uniform in log m
@@ -161,8 +165,9 @@ def power_law_masses(rng: np.random.Generator, n: int, m_min: float, m_max: floa
     return (lo + (hi - lo) * u) ** (1.0 / p)
 
 
-def sample_substructure(cls: str, cfg: dict, rng: np.random.Generator,
-                        center: tuple[float, float]) -> Substructure:
+def sample_substructure(
+    cls: str, cfg: dict, rng: np.random.Generator, center: tuple[float, float]
+) -> Substructure:
     """Draw the subhalos of class `cls` ('no', 'sphere' or 'vort') around the halo `center`."""
     cx, cy = center
     if cls == "no":
@@ -171,11 +176,16 @@ def sample_substructure(cls: str, cfg: dict, rng: np.random.Generator,
         s = cfg["sphere"]
         # The public code draws a Poisson count but then always uses the mean; both are offered.
         n = int(rng.poisson(s["n_subhalos"])) if s.get("poisson_number") else int(s["n_subhalos"])
-        mass = power_law_masses(rng, n, float(s["mass_min"]), float(s["mass_max"]), float(s["slope"]))
+        mass = power_law_masses(
+            rng, n, float(s["mass_min"]), float(s["mass_max"]), float(s["slope"])
+        )
         r = rng.uniform(s["r_min"], s["r_max"], size=n)
         phi = rng.uniform(0.0, 2.0 * math.pi, size=n)
         return Substructure(
-            "sphere", x=cx + r * np.sin(phi), y=cy + r * np.cos(phi), mass=mass,
+            "sphere",
+            x=cx + r * np.sin(phi),
+            y=cy + r * np.cos(phi),
+            mass=mass,
             theta_E=np.asarray(einstein_radius(mass, cfg)),
         )
     if cls == "vort":
@@ -187,15 +197,21 @@ def sample_substructure(cls: str, cfg: dict, rng: np.random.Generator,
         along = np.linspace(-half, half, n)
         mass = np.full(n, draw(rng, v["mass"]) / n)
         return Substructure(
-            "vort", x=cx + along * math.cos(angle), y=cy + along * math.sin(angle), mass=mass,
-            theta_E=np.asarray(einstein_radius(mass, cfg)), axion_mass=float(axion_mass),
-            half_length=float(half), angle=angle,
+            "vort",
+            x=cx + along * math.cos(angle),
+            y=cy + along * math.sin(angle),
+            mass=mass,
+            theta_E=np.asarray(einstein_radius(mass, cfg)),
+            axion_mass=float(axion_mass),
+            half_length=float(half),
+            angle=angle,
         )
     raise ValueError(f"unknown class {cls!r}; expected one of {CLASSES}")
 
 
-def sample_system(cls: str, cfg: dict, macro_rng: np.random.Generator,
-                  sub_rng: np.random.Generator) -> LensSystem:
+def sample_system(
+    cls: str, cfg: dict, macro_rng: np.random.Generator, sub_rng: np.random.Generator
+) -> LensSystem:
     """A full lens system of class `cls`; the macro model uses only `macro_rng`.
 
     Keeping the substructure on its own generator means the same `macro_rng` state gives the

@@ -47,13 +47,19 @@ class Camera:
             num_pix=self.num_pix, delta_pix=self.pixel_scale, subgrid_res=1, inverse=False
         )
         data = ImageData(
-            image_data=np.zeros((self.num_pix, self.num_pix)), ra_at_xy_0=ra0,
-            dec_at_xy_0=dec0, transform_pix2angle=pix2angle,
+            image_data=np.zeros((self.num_pix, self.num_pix)),
+            ra_at_xy_0=ra0,
+            dec_at_xy_0=dec0,
+            transform_pix2angle=pix2angle,
         )
         fwhm = float(self.inst["psf_fwhm"])
         if fwhm > 0:
-            psf = PSF(psf_type="GAUSSIAN", fwhm=fwhm, pixel_size=self.pixel_scale,
-                      truncation=float(self.inst["psf_truncation"]))
+            psf = PSF(
+                psf_type="GAUSSIAN",
+                fwhm=fwhm,
+                pixel_size=self.pixel_scale,
+                truncation=float(self.inst["psf_truncation"]),
+            )
         else:
             psf = PSF(psf_type="NONE")
         return data, psf
@@ -94,7 +100,9 @@ class Camera:
 
             ss = int(self.inst.get("supersampling", 1))
             model = ImageModel(
-                self._data, self._psf, lens_model_class=LensModel(list(lens_models)),
+                self._data,
+                self._psf,
+                lens_model_class=LensModel(list(lens_models)),
                 source_model_class=self._source_model,
                 kwargs_numerics={"supersampling_factor": ss, "supersampling_convolution": False},
             )
@@ -147,8 +155,11 @@ class Camera:
             return model.copy()
         if self.kind == "observation":
             band = self._band
-            return (model + rng.standard_normal(model.shape) * band.background_noise
-                    + rng.standard_normal(model.shape) * band.flux_noise(model))
+            return (
+                model
+                + rng.standard_normal(model.shape) * band.background_noise
+                + rng.standard_normal(model.shape) * band.flux_noise(model)
+            )
         exposure_time, bkg_rms = cond["exposure_time"], cond["background_rms"]
         # Gaussian approximations of the source's Poisson noise and of the background,
         # as lenstronomy's image_util.add_poisson / add_background compute them.
@@ -171,14 +182,22 @@ def normalise(image: np.ndarray) -> np.ndarray:
     """Min-max normalise to [0, 1] (a constant image becomes zeros)."""
     lo, hi = float(image.min()), float(image.max())
     if not math.isfinite(lo) or not math.isfinite(hi):
-        raise LensexpError("simulated image has NaN/Inf pixels; check the source and lens settings.")
+        raise LensexpError(
+            "simulated image has NaN/Inf pixels; check the source and lens settings."
+        )
     if hi <= lo:
         return np.zeros_like(image)
     return (image - lo) / (hi - lo)
 
 
-def downsample(hr: np.ndarray, factor: int, method: str, blur_sigma: float, noise_rms: float,
-               rng: np.random.Generator) -> np.ndarray:
+def downsample(
+    hr: np.ndarray,
+    factor: int,
+    method: str,
+    blur_sigma: float,
+    noise_rms: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """LR image from a normalised HR one: optional Gaussian blur, downsampling, noise, clip to [0, 1].
 
     The result keeps the HR intensity scale (it is not re-normalised), so LR and HR compare
@@ -198,8 +217,11 @@ def downsample(hr: np.ndarray, factor: int, method: str, blur_sigma: float, nois
 
         t = torch.from_numpy(np.ascontiguousarray(image))[None, None]
         size = (image.shape[0] // factor, image.shape[1] // factor)
-        image = F.interpolate(t, size=size, mode="bicubic", align_corners=False,
-                              antialias=True)[0, 0].numpy().astype(np.float64)
+        image = (
+            F.interpolate(t, size=size, mode="bicubic", align_corners=False, antialias=True)[0, 0]
+            .numpy()
+            .astype(np.float64)
+        )
     if noise_rms > 0:
         image = image + noise_rms * rng.standard_normal(image.shape)
     return np.clip(image, 0.0, 1.0)

@@ -56,7 +56,7 @@ class Simulator:
         fov_hr, fov_lr = hr.num_pix * hr.pixel_scale, lr.num_pix * lr.pixel_scale
         if abs(fov_hr - fov_lr) > 0.01 * fov_hr:
             raise LensexpError(
-                f"HR field {fov_hr:.3f}\" (instrument) and LR field {fov_lr:.3f}\" "
+                f'HR field {fov_hr:.3f}" (instrument) and LR field {fov_lr:.3f}" '
                 "(superres.lr_instrument) differ; set num_pix * pixel_scale equal for both."
             )
 
@@ -71,7 +71,9 @@ class Simulator:
         n = self.camera.num_pix // int(self.sr["factor"])
         return (1, n, n)
 
-    def system(self, cls: str, seed: int, index: int) -> tuple[LensSystem, list[np.random.Generator]]:
+    def system(
+        self, cls: str, seed: int, index: int
+    ) -> tuple[LensSystem, list[np.random.Generator]]:
         """The lens system of image `index` of class `cls`, and its remaining noise streams."""
         macro, sub, hr_rng, lr_rng = image_streams(seed, self.task, cls, index)
         return sample_system(cls, self.cfg, macro, sub), [hr_rng, lr_rng]
@@ -88,8 +90,10 @@ class Simulator:
                 self.lr_camera.model_image(system)
 
     def _lr_settings(self, rng: np.random.Generator) -> dict:
-        return {"lr_blur_sigma": draw(rng, self.sr["blur_sigma"]),
-                "lr_noise_rms": draw(rng, self.sr["noise_rms"])}
+        return {
+            "lr_blur_sigma": draw(rng, self.sr["blur_sigma"]),
+            "lr_noise_rms": draw(rng, self.sr["noise_rms"]),
+        }
 
     def describe(self, cls: str, seed: int, index: int) -> dict:
         """The manifest fields of one image or pair, from the draws alone (nothing rendered)."""
@@ -120,7 +124,13 @@ class Simulator:
             row.update({f"lr_{k}": v for k, v in lr_cond.items()})
         else:
             settings = self._lr_settings(lr_rng)
-            lr = downsample(hr, int(self.sr["factor"]), self.sr["method"],
-                            settings["lr_blur_sigma"], settings["lr_noise_rms"], lr_rng)
+            lr = downsample(
+                hr,
+                int(self.sr["factor"]),
+                self.sr["method"],
+                settings["lr_blur_sigma"],
+                settings["lr_noise_rms"],
+                lr_rng,
+            )
             row.update(settings)
         return hr[None].astype(np.float32), lr[None].astype(np.float32), row

@@ -146,8 +146,9 @@ def _is_own(rel: str, has_state: bool) -> bool:
     return has_state and (rel == MANIFEST or bool(_OWN_NPY.match(rel)) or bool(_TMP.match(rel)))
 
 
-def prepare_output(out: Path, state: dict, planned: set[str], mine: set[str],
-                   overwrite: bool) -> None:
+def prepare_output(
+    out: Path, state: dict, planned: set[str], mine: set[str], overwrite: bool
+) -> None:
     """Check `out` and make it ready for this run (or raise a one-line LensexpError).
 
     `planned` holds every final file of the whole dataset; `mine` those of this shard.
@@ -199,8 +200,11 @@ def prepare_output(out: Path, state: dict, planned: set[str], mine: set[str],
         _remove_if_empty(out, folder)
     _remove_stale_temporaries(out, files, mine)
     if old != state:
-        atomic_write_text(out / STATE_DIR / STATE_FILE, json.dumps(state, sort_keys=True, indent=1),
-                          out / STATE_DIR)
+        atomic_write_text(
+            out / STATE_DIR / STATE_FILE,
+            json.dumps(state, sort_keys=True, indent=1),
+            out / STATE_DIR,
+        )
 
 
 def _remove_if_empty(out: Path, folder: Path) -> None:
@@ -219,7 +223,9 @@ def _remove_stale_temporaries(out: Path, files: list[str], mine: set[str]) -> No
             stale = f"{m['dir'] or ''}{m['name']}" in mine
         else:
             # State/manifest temporaries live for milliseconds; an old one is from a killed run.
-            stale = rel.startswith(f"{STATE_DIR}/") and rel.endswith(".tmp") and _age(out / rel) > 600
+            stale = (
+                rel.startswith(f"{STATE_DIR}/") and rel.endswith(".tmp") and _age(out / rel) > 600
+            )
         if stale:
             (out / rel).unlink(missing_ok=True)
 
@@ -260,8 +266,9 @@ def manifest_rows(path: Path) -> int:
         return -1
 
 
-def write_manifest(out: Path, rows: list[dict], columns: list[str], shard: int, num_shards: int,
-                   tag: str) -> bool:
+def write_manifest(
+    out: Path, rows: list[dict], columns: list[str], shard: int, num_shards: int, tag: str
+) -> bool:
     """Write this shard's manifest rows; write `manifest.csv` once every shard's part is there.
 
     `tag` identifies the settings and count, so parts of other runs are never merged.
@@ -294,7 +301,9 @@ def write_manifest(out: Path, rows: list[dict], columns: list[str], shard: int, 
 
 def remove_manifest_part(out: Path, shard: int, num_shards: int) -> None:
     """Forget this shard's earlier manifest part (it is about to render again)."""
-    for p in (out / STATE_DIR / "manifest-parts").glob(f"part-*-{shard:05d}-of-{num_shards:05d}.csv"):
+    for p in (out / STATE_DIR / "manifest-parts").glob(
+        f"part-*-{shard:05d}-of-{num_shards:05d}.csv"
+    ):
         p.unlink(missing_ok=True)
 
 

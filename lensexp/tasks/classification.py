@@ -58,9 +58,11 @@ class ClassifierModule(TaskModule):
             normalize=normalize,
             dropout=dropout,
         )
-        # Recorded so a run trained from scratch (no ImageNet weights reachable) can't pass
-        # for a pretrained one.
-        self.hparams["pretrained_loaded"] = bool(self.net.pretrained_loaded)
+        # Recorded (in checkpoints and the logger's hparams) so a run trained from scratch
+        # because no ImageNet weights were reachable can't pass for a pretrained one.
+        self.save_hyperparameters(
+            {**self.hparams, "pretrained_loaded": bool(self.net.pretrained_loaded)}
+        )
         self.loss = loss
         n = len(self.class_names)
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")

@@ -1,0 +1,196 @@
+"""Training throughput: the Lightning path that `train.py` runs against a plain PyTorch loop with
+the same network, loss, optimizer, batches and batch transform, measured in one process.
+
+Run from the repository root:  python benchmarks/bench_train.py [--batches 30] [--repeats 2]
+Writes the "training" section of docs/benchmarks.md.
+
+The Lightning side is built from the real configs (hydra compose + lensexp.training builders)
+and trained by a Trainer with the default callbacks (checkpointing off: it would write files the
+plain loop doesn't) and a CSV logger, so logging and metric updates count against it. Each side
+times the same window of batches after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import lightning as L  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
+
+from benchmarks._report import write_section  # noqa: E402
+from benchmarks.bench_sim import _cpu_name  # noqa: E402
+from lensexp.training import build_callbacks, build_datamodule, build_module  # noqa: E402
+
+# Pretrained weights can't change the speed; the benchmark never tries the network.
+CASES: dict[str, list[str]] = {
+    "classifier, mobilenet_v3_large, 150 px": ["model=mobilenet_v3_large", "model.pretrained=none"],
+    "srresnet 16 blocks, mse": ["model=srresnet", "loss=mse"],
+    "srresnet 16 blocks, srgan": ["model=srresnet", "loss=srgan", "loss.perceptual.weights=random"],
+}
+
+
+class WindowTimer(Callback):
+    """Wall time from the start of batch `warmup` to the end of the last batch."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.end = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.fit_loop.epoch_loop.batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.end = time.perf_counter()
+
+
+def compose_cfg(overrides: list[str], data_dir: Path, out: Path, batches: int) -> Any:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                *overrides,
+                f"paths.data_dir={data_dir}",
+                f"paths.output_dir={out}",
+                "trainer=cpu",
+                "trainer.max_epochs=1",
+                f"trainer.limit_train_batches={batches}",
+                "trainer.limit_val_batches=0",
+                "trainer.num_sanity_val_steps=0",
+                "logger=csv",
+            ],
+        )
+    return cfg
+
+
+def lightning_rate(cfg: Any, batches: int, warmup: int) -> float:
+    L.seed_everything(0)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    timer = WindowTimer(warmup)
+    callbacks = [c for c in build_callbacks(cfg) if not isinstance(c, ModelCheckpoint)]
+    loggers = [instantiate(n) for n in cfg.logger.values()]
+    trainer = instantiate(
+        cfg.trainer, callbacks=[*callbacks, timer], logger=loggers, enable_checkpointing=False
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return (batches - warmup) * datamodule.batch_size / (timer.end - timer.start)
+
+
+def plain_rate(cfg: Any, batches: int, warmup: int) -> float:
+    """The same objects driven by a hand-written loop (what a script without Lightning does)."""
+    L.seed_everything(0)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    step = plain_step(module)
+    module.train()
+    start = 0.0
+    for i, batch in enumerate(loader):
+        if i == warmup:
+            start = time.perf_counter()
+        if i == batches:
+            break
+        batch = datamodule.batch_transform(batch, train=True)
+        step(batch, i)
+    return (batches - warmup) * datamodule.batch_size / (time.perf_counter() - start)
+
+
+def plain_step(module: Any) -> Callable[[Any, int], None]:
+    """One optimisation step for the module's task, written out by hand."""
+    if module.task == "classification":
+        opt = module.optimizer_factory(module.trainable_parameters())
+
+        def step(batch: Any, i: int) -> None:
+            x, y = batch
+            loss = module.loss(module.net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    gen_opt = module.optimizer_factory(module.generator.parameters())
+    disc = module.loss.discriminator if module.loss.uses_discriminator else None
+    disc_opt = module.optimizer_factory(disc.parameters()) if disc is not None else None
+
+    def sr_step(batch: Any, i: int) -> None:
+        lr, hr = batch
+        sr = module.generator(lr)
+        g_loss, _ = module.loss(sr, hr, i)
+        gen_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        gen_opt.step()
+        if disc_opt is not None:
+            d_loss, _ = module.loss.discriminator_loss(sr.detach(), hr)
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+
+    return sr_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.cases:
+            cfg = compose_cfg(CASES[name], Path(tmp) / "data", Path(tmp) / "out", args.batches)
+            build_datamodule(cfg)  # simulate once, outside the timings
+            light, plain = [], []
+            for _ in range(args.repeats):  # interleaved, so drift hits both sides alike
+                plain.append(plain_rate(cfg, args.batches, args.warmup))
+                light.append(lightning_rate(cfg, args.batches, args.warmup))
+            best_l, best_p = max(light), max(plain)
+            cost = 100.0 * (best_p - best_l) / best_p
+            rows.append((name, cfg.data.batch_size, best_p, best_l, cost))
+            print(f"{name}: plain {best_p:.1f}/s, lightning {best_l:.1f}/s, cost {cost:+.1f}%")
+
+    table = "\n".join(f"| {n} | {b} | {p:.1f} | {lt:.1f} | {c:+.1f}% |" for n, b, p, lt, c in rows)
+    command = "python benchmarks/bench_train.py " + " ".join(
+        f"--{k} {v}" for k, v in (("batches", args.batches), ("repeats", args.repeats))
+    )
+    markdown = f"""## Training throughput: Lightning against a plain loop
+
+Command: `{command}` (from the repository root). Machine: {os.cpu_count()} cores ({_cpu_name()}),
+CPU only, torch {torch.__version__}, {torch.get_num_threads()} threads. Images (or LR/HR pairs) per
+second over batches {args.warmup + 1}-{args.batches} of one epoch, best of {args.repeats}
+interleaved repeats. Same network, loss, optimizer, data loader and batch transform on both
+sides; the Lightning side adds its default callbacks (minus checkpointing), metric updates and a
+CSV logger. Goal: framework cost at most 5%.
+
+| case | batch | plain loop (img/s) | Lightning (img/s) | framework cost |
+| --- | --- | --- | --- | --- |
+{table}
+"""
+    if not args.no_write:
+        write_section("training", markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""End-to-end: configs compose, `train.py` trains and reports, `evaluate.py` reads its checkpoint.
+
+In-process runs compose the real configs (as Hydra does for `python train.py ...`) and call the
+same `train`/`evaluate` functions; a few subprocess runs go through the scripts themselves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import save_image
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from lensexp.errors import LensexpError
+from lensexp.evaluation import evaluate
+from lensexp.training import check_compatible, train
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+GROUPS = [
+    "data", "loss", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger",
+    "paths", "debug", "experiment",
+]  # fmt: skip
+
+
+def compose_cfg(tmp_path: Path, overrides: list[str], name: str = "train") -> DictConfig:
+    """The config `python <name>.py OVERRIDES` would run, with its outputs in `tmp_path`."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            name,
+            overrides=[
+                f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.output_dir={tmp_path / 'out'}",
+                *overrides,
+            ],
+        )
+
+
+def quick(root: Path, *extra: str) -> list[str]:
+    """A short CPU training on the small 32x32 dataset at `root`."""
+    return [
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "model=mobilenet_v3_small",
+        "model.pretrained=none",
+        "trainer=cpu",
+        "logger=csv",
+        *extra,
+    ]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
+)
+def test_every_option_composes(tmp_path: Path, group: str, option: str) -> None:
+    cfg = compose_cfg(tmp_path, [f"{group}={option}"])
+    assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
+    # Resolving every interpolation catches a key that points nowhere.
+    from omegaconf import OmegaConf
+
+    OmegaConf.to_container(cfg, resolve=True)
+    try:
+        check_compatible(cfg)
+    except LensexpError as err:  # a data/loss of the other task alone: refused with the remedy
+        assert group in ("data", "loss")
+        assert f"choose {group}=classification" in str(err) or "loss=cross_entropy" in str(err)
+
+
+def test_incompatible_loss_is_refused(tmp_path: Path) -> None:
+    cfg = compose_cfg(tmp_path, ["loss=vgg"])
+    with pytest.raises(LensexpError, match="superres loss.*classification model"):
+        check_compatible(cfg)
+
+
+def test_short_training_writes_results_and_picks_the_best_checkpoint(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    cfg = compose_cfg(tmp_path, quick(classification_root, "trainer.max_epochs=3"))
+    results = train(cfg)
+    out = tmp_path / "out"
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["task"] == "classification"
+    assert saved["monitor"] == "val/auc_micro" and saved["monitor_mode"] == "max"
+    assert saved["pretrained_loaded"] is False
+    assert Path(saved["config"]).is_file()
+    assert Path(saved["best_checkpoint"]).is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    for key in ("val/acc", "val/auc_micro", "val/auc_macro", "val/auc_sphere", "val/loss"):
+        assert key in saved["val_metrics"]
+
+    # The kept checkpoint is the best epoch by the monitored metric (mode max), and
+    # validating it again gives the value the callback recorded.
+    with open(out / "csv" / "metrics.csv") as fh:
+        per_epoch = [float(r["val/auc_micro"]) for r in csv.DictReader(fh) if r["val/auc_micro"]]
+    assert len(per_epoch) == 3
+    assert results["best_value"] == pytest.approx(max(per_epoch), abs=1e-6)
+    assert saved["val_metrics"]["val/auc_micro"] == pytest.approx(saved["best_value"], abs=1e-5)
+
+    report = json.loads((out / "best_val" / "metrics.json").read_text())
+    assert report["n"] == 12
+    assert report["accuracy"] == pytest.approx(saved["val_metrics"]["val/acc"], abs=1e-6)
+    assert (out / "best_val" / "roc_curve.png").is_file()
+
+
+def test_short_run_through_the_script(classification_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "train.py",
+         *quick(classification_root, "debug=limit", "trainer.max_epochs=1", "logger=tensorboard"),
+         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert Path(results["best_checkpoint"]).parent == out / "checkpoints"
+    assert f"best checkpoint: {results['best_checkpoint']}" in proc.stdout
+    (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(events), size_guidance={"images": 0}).Reload()
+    assert {"val/auc_micro", "val/acc", "val/auc_micro_best"} <= set(tb.Tags()["scalars"])
+    assert {"val/confusion_matrix", "val/roc_curve"} <= set(tb.Tags()["images"])
+
+
+def test_incompatible_choice_fails_in_one_line_before_any_work(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "train.py", "loss=vgg", f"hydra.run.dir={tmp_path / 'run'}",
+         f"paths.data_dir={tmp_path / 'data'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == [lines[-1]] and lines[0].startswith("lensexp: error: loss=vgg")
+    assert "choose loss=cross_entropy" in lines[0]
+    assert not (tmp_path / "data").exists()  # no simulation started
+
+
+def test_evaluate_a_checkpoint_with_nothing_else(classification_root: Path, tmp_path: Path) -> None:
+    train_cfg = compose_cfg(tmp_path / "train", quick(classification_root, "debug=limit"))
+    results = train(train_cfg)
+
+    eval_cfg = compose_cfg(
+        tmp_path / "eval", [f"ckpt_path={results['best_checkpoint']}", "trainer=cpu"], "eval"
+    )
+    metrics = evaluate(eval_cfg)
+    out = tmp_path / "eval" / "out"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved) >= {
+        "accuracy", "auc_micro", "auc_macro", "auc_per_class", "confusion_matrix", "n"
+    }  # fmt: skip
+    assert set(saved["auc_per_class"]) == {"no", "sphere", "vort"}
+    assert saved["n"] == 12 and np.sum(saved["confusion_matrix"]) == 12
+    assert metrics["accuracy"] == pytest.approx(results["val_metrics"]["val/acc"], abs=1e-6)
+    for name in ("metrics.md", "confusion_matrix.png", "roc_curve.png"):
+        assert (out / name).is_file()
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12
+    assert list(rows[0]) == ["path", "label", "prediction", "p_no", "p_sphere", "p_vort"]
+
+    # split=all reads every file under data.root, labelled by folder.
+    all_cfg = compose_cfg(
+        tmp_path / "all",
+        [f"ckpt_path={results['best_checkpoint']}", "trainer=cpu", "split=all",
+         f"data.root={classification_root}"],
+        "eval",
+    )  # fmt: skip
+    assert evaluate(all_cfg)["n"] == 36
+
+
+def write_learnable(root: Path, n_train: int, n_val: int, size: int = 32) -> Path:
+    """Three classes a small CNN can tell apart: a centred blob, a ring, a blob off centre,
+    each with noise and random position jitter."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+
+    def image(label: int) -> np.ndarray:
+        dx, dy = rng.uniform(-2, 2, 2)
+        r = np.hypot(xx - dx, yy - dy)
+        if label == 0:
+            img = np.exp(-(r**2) / 18)
+        elif label == 1:
+            img = np.exp(-((r - 9) ** 2) / 4)
+        else:
+            img = np.exp(-((xx - dx - 8) ** 2 + (yy - dy) ** 2) / 8)
+        img = img + rng.normal(0, 0.15, img.shape)
+        return (img - img.min()) / (img.max() - img.min())
+
+    for split, n in (("train", n_train), ("val", n_val)):
+        for label, name in enumerate(("no", "sphere", "vort")):
+            for i in range(n):
+                save_image(root / split / name / f"{i:04d}.npy", image(label))
+    return root
+
+
+@pytest.mark.slow
+def test_validation_accuracy_rises_clearly_above_chance(tmp_path: Path) -> None:
+    root = write_learnable(tmp_path / "learnable", 48, 16)
+    cfg = compose_cfg(
+        tmp_path,
+        quick(root, "model=resnet18", "model.pretrained=none", "trainer.max_epochs=6",
+              "data.batch_size=16", "scheduler=none"),
+    )  # fmt: skip
+    results = train(cfg)
+    assert results["val_metrics"]["val/acc"] > 0.8  # chance is 1/3
+    assert results["val_metrics"]["val/auc_micro"] > 0.9
+
+
+def test_pretrained_from_a_local_file_is_recorded(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mnv3s.pth"
+    torch.save(mobilenet_v3_small().state_dict(), weights)
+    cfg = compose_cfg(
+        tmp_path, quick(classification_root, "debug=fdr", f"model.pretrained={weights}")
+    )
+    results = train(cfg)  # fast_dev_run: one batch each way, no checkpoint
+    assert results["pretrained_loaded"] is True
+    assert results["best_checkpoint"] is None
+
+
+def test_missing_data_root_is_one_clear_error(tmp_path: Path) -> None:
+    cfg = compose_cfg(tmp_path, quick(tmp_path / "nowhere", "debug=fdr"))
+    with pytest.raises(LensexpError, match="nowhere.*no such folder.*train/<class>"):
+        train(cfg)
+
+
+def test_resume_from_last_checkpoint(classification_root: Path, tmp_path: Path) -> None:
+    first = train(compose_cfg(tmp_path / "a", quick(classification_root, "debug=limit")))
+    resumed = train(
+        compose_cfg(
+            tmp_path / "b",
+            quick(classification_root, "debug=limit", "trainer.max_epochs=3",
+                  f"ckpt_path={first['last_checkpoint']}"),
+        )
+    )  # fmt: skip
+    assert first["epochs"] == 2 and resumed["epochs"] == 3
