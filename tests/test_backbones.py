@@ -236,6 +236,15 @@ def test_normalisation_buffers_are_in_the_state_dict() -> None:
     assert torch.allclose(fresh.std.flatten(), torch.tensor(IMAGENET_STD))
 
 
+def test_bn_momentum_sets_every_batchnorm() -> None:
+    def momenta(model: nn.Module) -> set[float]:
+        return {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+
+    assert momenta(ImageClassifier("mobilenet_v3_small", pretrained="none")) == {0.01}
+    tuned = ImageClassifier("mobilenet_v3_small", pretrained="none", bn_momentum=0.1)
+    assert momenta(tuned) == {0.1}
+
+
 def test_dropout_sets_the_head_dropout() -> None:
     model = ImageClassifier("mobilenet_v3_small", pretrained="none", dropout=0.5)
     assert [m.p for m in model.net.classifier.modules() if isinstance(m, nn.Dropout)] == [0.5]
@@ -255,6 +264,7 @@ def test_dropout_sets_the_head_dropout() -> None:
         ({"num_classes": 1}, r"model\.num_classes=1: must be an integer >= 2"),
         ({"in_channels": 2}, r"model\.input_adapter=repeat.*first_conv"),
         ({"dropout": 1.5}, r"model\.dropout=1\.5"),
+        ({"bn_momentum": 0.0}, r"model\.bn_momentum=0\.0"),
     ],
 )
 def test_bad_options_are_one_line_errors(kwargs: dict, message: str) -> None:

@@ -252,3 +252,16 @@ def test_resume_from_last_checkpoint(classification_root: Path, tmp_path: Path) 
         )
     )  # fmt: skip
     assert first["epochs"] == 2 and resumed["epochs"] == 3
+
+
+def test_multirun_gives_each_job_its_own_folder(classification_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", *quick(classification_root, "debug=fdr"),
+         "seed=1,2", f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        results = json.loads((sweep / job / "results.json").read_text())
+        assert Path(results["config"]).parent == sweep / job

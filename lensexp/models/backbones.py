@@ -160,6 +160,9 @@ class ImageClassifier(nn.Module):
       With `repeat` they are applied in `forward`; with `first_conv` they were folded into the
       new stem conv at construction and are kept as a record. The `normalize` attribute
       (`imagenet`|`none`) is read from the buffers, so it follows a loaded checkpoint.
+    - `bn_momentum`: momentum of every BatchNorm's running statistics; None keeps torchvision's
+      (0.01 in MobileNetV3, made for long ImageNet schedules: in a short run the statistics stay
+      far from the data, and evaluation then gives nearly constant outputs).
     - `dropout`: the head's dropout probability; None keeps torchvision's (resnet18 has none;
       a value adds a dropout before its `fc`).
     """
@@ -173,6 +176,7 @@ class ImageClassifier(nn.Module):
         pretrained: str | None = "auto",
         normalize: str = "auto",
         dropout: float | None = None,
+        bn_momentum: float | None = None,
     ) -> None:
         super().__init__()
         # Every option is checked before the (possibly slow) weight loading.
@@ -189,6 +193,8 @@ class ImageClassifier(nn.Module):
             )
         if dropout is not None and not 0.0 <= float(dropout) < 1.0:
             raise LensexpError(f"{OPTION}.dropout={dropout}: must be in [0, 1), or null.")
+        if bn_momentum is not None and not 0.0 < float(bn_momentum) <= 1.0:
+            raise LensexpError(f"{OPTION}.bn_momentum={bn_momentum}: must be in (0, 1], or null.")
 
         self.backbone = backbone
         self.input_adapter = input_adapter
@@ -215,7 +221,10 @@ class ImageClassifier(nn.Module):
             else:
                 head = nn.Sequential(nn.Dropout(float(dropout)), head)
         setattr(parent, name, head)
-
+        if bn_momentum is not None:
+            for module in self.net.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = float(bn_momentum)
         if input_adapter == "first_conv":
             parent, name, conv = first_conv(self.net, backbone)
             setattr(parent, name, FoldedInputConv(conv, in_channels, mean, std))

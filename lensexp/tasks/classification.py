@@ -43,6 +43,7 @@ class ClassifierModule(TaskModule):
         input_adapter: str = "repeat",
         normalize: str = "auto",
         dropout: float | None = None,
+        bn_momentum: float | None = None,
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.class_names = [str(c) for c in class_names]
@@ -57,6 +58,7 @@ class ClassifierModule(TaskModule):
             pretrained=pretrained,
             normalize=normalize,
             dropout=dropout,
+            bn_momentum=bn_momentum,
         )
         # Recorded (in checkpoints and the logger's hparams) so a run trained from scratch
         # because no ImageNet weights were reachable can't pass for a pretrained one.
