@@ -47,7 +47,7 @@ CASES: dict[str, tuple[list[str], int, int]] = {
     ),
     "srresnet 16 blocks, mse": (["model=srresnet", "loss=mse"], 25, 5),
     "srresnet 16 blocks, srgan": (
-        ["model=srresnet", "loss=srgan", "loss.perceptual.weights=random"],
+        ["model=srresnet", "loss=srgan", "loss.weights=random"],
         6,
         2,
     ),

@@ -85,8 +85,8 @@ def config_from_checkpoint(cfg: DictConfig, checkpoint: dict[str, Any], path: st
     OmegaConf.update(
         run, "model.pretrained", None if run.model.get("pretrained") is None else "none"
     )
-    if OmegaConf.select(run, "loss.perceptual.weights") is not None:
-        OmegaConf.update(run, "loss.perceptual.weights", "random")
+    if OmegaConf.select(run, "loss.weights") is not None:
+        OmegaConf.update(run, "loss.weights", "random")
     return run
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from urllib.error import URLError
@@ -333,9 +334,9 @@ def test_perceptual_loss_local_weights(tmp_path):
 
 def test_perceptual_loss_weight_errors(tmp_path):
     _save_features(tmp_path / "conv1_1.pth", 1)
-    with pytest.raises(LensexpError, match=r"loss\.perceptual\.weights=.*do not fit"):
+    with pytest.raises(LensexpError, match=r"loss\.weights=.*do not fit"):
         PerceptualLoss(layer="conv1_2", weights=str(tmp_path / "conv1_1.pth"))
-    with pytest.raises(LensexpError, match=r"loss\.perceptual\.weights=auto"):
+    with pytest.raises(LensexpError, match=r"loss\.weights=auto"):
         PerceptualLoss(weights="auto")
     with pytest.raises(LensexpError, match=r"loss\.perceptual\.layer=conv6_1.*conv5_4"):
         PerceptualLoss(layer="conv6_1")
@@ -351,9 +352,9 @@ def test_perceptual_imagenet_offline_names_remedies(monkeypatch):
     with pytest.raises(LensexpError) as err:
         PerceptualLoss(layer="conv1_2", weights="imagenet")
     message = str(err.value)
-    assert "loss.perceptual.weights=imagenet" in message
+    assert "loss.weights=imagenet" in message
     assert "vgg19-dcbb9e9d.pth" in message and "TORCH_HOME" in message
-    assert "loss.perceptual.weights=/path/to/weights.pth" in message
+    assert "loss.weights=/path/to/weights.pth" in message
 
 
 def test_checkpoint_round_trip_with_perceptual_and_discriminator():
@@ -434,9 +435,9 @@ def test_loss_configs_instantiate(name):
     cfg = OmegaConf.load(CONF_LOSS / f"{name}.yaml")
     if "perceptual" in cfg:
         assert cfg.perceptual.layer == "conv5_4" and cfg.perceptual.before_activation
-        assert cfg.perceptual.weights == "imagenet"
+        assert cfg.weights == "imagenet"
         # Offline and fast: random weights on a shallow layer.
-        cfg.perceptual.weights = "random"
+        cfg.weights = "random"
         cfg.perceptual.layer = "conv1_2"
     if "adversarial" in cfg:
         assert cfg.adversarial.weight == 5e-3
@@ -450,3 +451,14 @@ def test_loss_configs_instantiate(name):
     assert set(terms) == expected
     total.backward()
     assert sr.grad is not None
+
+
+def test_loss_weights_build_the_perceptual_term():
+    loss = SuperResolutionLoss(
+        pixel=PixelLoss("l1", 1e-2),
+        perceptual=functools.partial(PerceptualLoss, layer="conv1_2"),
+        weights="random",
+    )
+    assert loss.perceptual.weights == "random" and loss.pretrained_loaded is False
+    with pytest.raises(LensexpError, match=r"loss\.weights=random: only used to build"):
+        SuperResolutionLoss(pixel=PixelLoss("mse", 1.0), weights="random")

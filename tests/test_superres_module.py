@@ -57,7 +57,7 @@ def loss_from_conf(name: str, tmp_path: Path | None = None, warmup: int = 0) -> 
             end = VGG19_LAYERS[cfg.perceptual.layer] + 1
             features = vgg19_features(end).state_dict()
             torch.save({f"features.{k}": v for k, v in features.items()}, path)
-        cfg.perceptual.weights = str(path)
+        cfg.weights = str(path)
     if "discriminator" in cfg:
         cfg.discriminator.update(channels=8, n_stages=2, hidden=16)
         cfg.discriminator_warmup_steps = warmup

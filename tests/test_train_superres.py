@@ -44,7 +44,7 @@ def sr_quick(root: Path, tmp_path: Path, loss: str, *extra: str) -> list[str]:
     ]
     if loss in ("vgg", "srgan"):
         options += [
-            f"loss.perceptual.weights={vgg_file(tmp_path)}",
+            f"loss.weights={vgg_file(tmp_path)}",
             "loss.perceptual.layer=conv2_2",
         ]
     if loss in ("adversarial", "srgan"):

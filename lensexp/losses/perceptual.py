@@ -18,7 +18,7 @@ from lensexp.errors import LensexpError
 from lensexp.losses.pixel import check_criterion, distance
 from lensexp.models.weights import load_pretrained
 
-WEIGHTS_OPTION = "loss.perceptual.weights"
+WEIGHTS_OPTION = "loss.weights"
 LAYER_OPTION = "loss.perceptual.layer"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

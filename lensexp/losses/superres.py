@@ -10,7 +10,7 @@ training module). The training module runs the steps in BasicSR's order:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from torch import Tensor, nn
@@ -41,6 +41,8 @@ def frozen(module: nn.Module) -> Iterator[None]:
 class SuperResolutionLoss(nn.Module):
     """Weighted sum of pixel, perceptual and adversarial terms for an SR generator.
 
+    `perceptual` is a built PerceptualLoss, or (as the configs give it) a callable that builds
+    one from `weights`, the VGG19 weights option `loss.weights` (imagenet | random | a path).
     `discriminator` is required exactly when `adversarial` is given. During the first
     `discriminator_warmup_steps` generator steps the adversarial term is left out (pixel and
     perceptual only); `discriminator_loss` may be used throughout.
@@ -51,12 +53,20 @@ class SuperResolutionLoss(nn.Module):
     def __init__(
         self,
         pixel: PixelLoss | None = None,
-        perceptual: PerceptualLoss | None = None,
+        perceptual: PerceptualLoss | Callable[..., PerceptualLoss] | None = None,
         adversarial: GANLoss | None = None,
         discriminator: nn.Module | None = None,
         discriminator_warmup_steps: int = 0,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
+        if perceptual is not None and not isinstance(perceptual, nn.Module):
+            perceptual = perceptual(weights="imagenet" if weights is None else weights)
+        elif weights is not None:
+            raise LensexpError(
+                f"loss.weights={weights}: only used to build the VGG19 perceptual term, and "
+                f"there is none to build here; drop it, or use loss=vgg or loss=srgan."
+            )
         if pixel is None and perceptual is None and adversarial is None:
             raise LensexpError(
                 "loss: no term configured; give at least one of loss.pixel, loss.perceptual, "
