@@ -142,6 +142,7 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any] | bool:
+    """The loggers of the `logger` group, or False for none."""
     loggers = [instantiate(n) for n in (cfg.get("logger") or {}).values() if _target_of(n)]
     return loggers or False
 
