@@ -62,7 +62,3 @@ class TaskModule(L.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def describe(self) -> dict[str, Any]:
-        """Facts about the built module worth recording in hparams (e.g. pretrained_loaded)."""
-        return {"task": self.task}

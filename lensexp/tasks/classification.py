@@ -77,9 +77,6 @@ class ClassifierModule(TaskModule):
         """Logits (N, n_classes) of images (N, 1, H, W)."""
         return self.net(x)
 
-    def describe(self) -> dict[str, Any]:
-        return {"task": self.task, "pretrained_loaded": bool(self.net.pretrained_loaded)}
-
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

@@ -136,9 +136,6 @@ class SuperResolutionModule(TaskModule):
         """SR images (raw, unclamped) of LR images (N, C, H, W), by `inference_generator`."""
         return self.inference_generator(lr)
 
-    def describe(self) -> dict[str, Any]:
-        return {"task": self.task, "pretrained_loaded": self.pretrained_loaded}
-
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """The generator's parameters: never the discriminator's, the EMA copy or the VGG."""
         return [p for p in self.generator.parameters() if p.requires_grad]
