@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -10,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from lensexp.errors import LensexpError
-
-log = logging.getLogger("lensexp")
 
 
 def set_project_root(entry_file: str) -> str:

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 # Command-line keys that still apply on top of a checkpoint's stored config.
 OVERRIDABLE = ("data.", "model.", "loss.")
-# The groups a checkpoint brings along; the rest (trainer, paths, ...) come from this run.
-STORED_GROUPS = ("data", "loss", "model", "optimizer", "scheduler", "monitor", "monitor_mode")
+# The config keys a checkpoint brings along; the rest (trainer, paths, ...) come from this run.
+STORED_KEYS = ("data", "loss", "model", "optimizer", "scheduler", "monitor", "monitor_mode")
 
 
 def evaluate_module(
@@ -66,9 +66,9 @@ def config_from_checkpoint(cfg: DictConfig, checkpoint: dict[str, Any], path: st
             f"ckpt_path={path}: holds no lensexp config (not written by train.py). Evaluate "
             f"plain weights with model=... model.pretrained=PATH instead."
         )
-    run = OmegaConf.create({k: stored[k] for k in STORED_GROUPS if k in stored})
+    run = OmegaConf.create({k: stored[k] for k in STORED_KEYS if k in stored})
     for key in cfg:
-        if key not in STORED_GROUPS:
+        if key not in STORED_KEYS:
             run[key] = cfg[key]
     ignored = []
     for item in _command_line():

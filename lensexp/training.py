@@ -9,7 +9,6 @@ cfg.trainer   -> lightning Trainer, with cfg.callbacks and cfg.logger
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 from lensexp.callbacks import StoreConfig
 from lensexp.errors import LensexpError
 from lensexp.reporting.files import print_metrics_table, write_json
-
-log = logging.getLogger(__name__)
 
 TASK_GROUPS = ("data", "loss", "model")
 

@@ -48,8 +48,6 @@ class TaskModule(L.LightningModule):
         }
         if spec.get("monitor"):
             config["monitor"] = spec["monitor"]
-            # Lightning fails mid-run when the monitored metric is missing; ours always exists.
-            config["strict"] = True
         return config
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
