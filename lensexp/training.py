@@ -188,7 +188,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    checkpoint = next((c for c in checkpoints if c.monitor is not None), None)
+    last = next((c for c in checkpoints if c.monitor is None), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     best_score = checkpoint.best_model_score if checkpoint is not None else None
     # The reported numbers are those of the best checkpoint, validated afresh: this also
@@ -206,11 +208,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "monitor_mode": cfg.monitor_mode,
         "best_value": None if best_score is None else float(best_score),
         "best_checkpoint": best_path or None,
-        "last_checkpoint": (checkpoint.last_model_path or None) if checkpoint else None,
+        "last_checkpoint": (last.best_model_path or None) if last is not None else None,
         "val_metrics": {k: float(v) for k, v in validated.items()},
         "report_dir": str(report_dir),
         "pretrained_loaded": module.hparams.get("pretrained_loaded"),
         "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "config": str(config_path),
     }

@@ -254,6 +254,22 @@ def test_resume_from_last_checkpoint(classification_root: Path, tmp_path: Path) 
     assert first["epochs"] == 2 and resumed["epochs"] == 3
 
 
+def test_last_checkpoint_is_the_final_epoch(classification_root: Path, tmp_path: Path) -> None:
+    # A best-so-far metric never falls, so with mode=min the best checkpoint stays at epoch 0:
+    # last.ckpt must still follow the run to its end.
+    cfg = compose_cfg(
+        tmp_path,
+        quick(classification_root, "trainer.max_epochs=3", "monitor=val/auc_micro_best",
+              "monitor_mode=min"),
+    )  # fmt: skip
+    results = train(cfg)
+    assert Path(results["best_checkpoint"]).name == "best-epoch000.ckpt"
+    last = torch.load(results["last_checkpoint"], map_location="cpu", weights_only=True)
+    assert Path(results["last_checkpoint"]).name == "last.ckpt"
+    assert last["epoch"] == results["epochs"] - 1 == 2
+    assert last["global_step"] == results["global_step"] == 3 * 3  # 24 images, batch 8
+
+
 def test_multirun_gives_each_job_its_own_folder(classification_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
