@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lensexp.callbacks import CONFIG_KEY
 from lensexp.errors import LensexpError
+from lensexp.models.weights import load_torch_file
 from lensexp.reporting.files import print_metrics_table
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = None
     run = cfg
     if cfg.get("ckpt_path"):
-        path = Path(cfg.ckpt_path).expanduser()
-        if not path.is_file():
-            raise LensexpError(f"ckpt_path={cfg.ckpt_path}: no such file.")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        run = config_from_checkpoint(cfg, checkpoint, str(path))
+        checkpoint = load_torch_file(
+            cfg.ckpt_path,
+            "ckpt_path",
+            "Give a checkpoint written by train.py (checkpoints/*.ckpt).",
+        )
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise LensexpError(
+                f"ckpt_path={cfg.ckpt_path}: not a Lightning checkpoint (no state_dict); evaluate "
+                f"plain weights with model=... model.pretrained=PATH instead."
+            )
+        run = config_from_checkpoint(cfg, checkpoint, str(cfg.ckpt_path))
     check_compatible(run)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run)

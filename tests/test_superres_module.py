@@ -236,7 +236,7 @@ def test_ema_validates_with_averaged_weights_and_is_checkpointed(tmp_path: Path)
 
     path = tmp_path / "ema.ckpt"
     t.save_checkpoint(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert any(k.startswith("generator_ema.") for k in checkpoint["state_dict"])
     assert checkpoint["generator_steps"] == 2 and "psnr_best.max_value" in checkpoint["state_dict"]
     # As evaluate.py does: rebuild from config, then load the state dict.

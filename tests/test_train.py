@@ -182,6 +182,33 @@ def test_evaluate_a_checkpoint_with_nothing_else(classification_root: Path, tmp_
     assert evaluate(all_cfg)["n"] == 36
 
 
+class _Payload:
+    """Pickles as a call that creates `marker`: proof, if the file appears, that loading ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def test_evaluate_refuses_a_checkpoint_carrying_a_pickled_payload(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    results = train(compose_cfg(tmp_path / "train", quick(classification_root, "debug=limit")))
+    checkpoint = torch.load(results["best_checkpoint"], weights_only=True)
+    marker = tmp_path / "payload-ran"
+    checkpoint["extra"] = _Payload(marker)
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, crafted)
+
+    cfg = compose_cfg(tmp_path / "eval", [f"ckpt_path={crafted}", "trainer=cpu"], "eval")
+    with pytest.raises(LensexpError, match=r"crafted\.ckpt: refused, the file pickles exec,"):
+        evaluate(cfg)
+    assert not marker.exists()
+    assert not (tmp_path / "eval" / "out" / "metrics.json").exists()
+
+
 def write_learnable(root: Path, n_train: int, n_val: int, size: int = 32) -> Path:
     """Three classes a small CNN can tell apart: a centred blob, a ring, a blob off centre,
     each with noise and random position jitter."""

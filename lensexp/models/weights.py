@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,17 +28,35 @@ NO_WEIGHTS = ("none", "random")
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
-def read_state_dict(path: str | os.PathLike, option: str) -> dict[str, torch.Tensor]:
-    """Load a state dict from `path`, unwrapping Lightning checkpoints and `{"state_dict": ...}`."""
+def load_torch_file(path: str | os.PathLike, option: str, remedy: str) -> Any:
+    """`torch.load` that runs no code: tensors, containers and plain data only.
+
+    A file that pickles anything else (which could execute code while loading) is refused with
+    one line; `remedy` says what to pass instead when the file does not exist.
+    """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise LensexpError(
-            f"{option}={path}: no such file. Give a state-dict file, or one of auto|imagenet|none."
-        )
+        raise LensexpError(f"{option}={path}: no such file. {remedy}")
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise LensexpError(f"{option}={path}: not a readable torch state dict ({err}).") from err
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        raise LensexpError(
+            f"{option}={path}: refused, the file pickles "
+            f"{found.group(1) if found else 'an object'}, not only tensors and plain data, and "
+            f"loading it could run code. Where you trust the file, re-save what it holds as "
+            f"plain data, e.g. torch.save(model.state_dict(), PATH)."
+        ) from None
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        first = str(err).strip().split(". ")[0].splitlines()
+        raise LensexpError(
+            f"{option}={path}: not a readable torch file ({first[0] if first else type(err)})."
+        ) from None
+
+
+def read_state_dict(path: str | os.PathLike, option: str) -> dict[str, torch.Tensor]:
+    """Load a state dict from `path`, unwrapping Lightning checkpoints and `{"state_dict": ...}`."""
+    obj = load_torch_file(path, option, "Give a state-dict file, or one of auto|imagenet|none.")
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
