@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test
-
-from helpers import make_classification_folder, make_superres_folder  # noqa: E402
+from tests.helpers import make_classification_folder, make_superres_folder
 
 
 @pytest.fixture

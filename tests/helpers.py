@@ -1,4 +1,5 @@
-"""Writers of small DeepLense-format datasets for tests (importable as `helpers` from tests/).
+"""What several test modules share: small DeepLense-format datasets, the one config-compose
+helper, and an independent stand-in of the DeepLense reference SR generator.
 
 Every image is seeded random noise, so each file's content is distinct and tests can compare a
 loaded item with the file it came from.
@@ -11,6 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
 
 CLASSES = ("no", "sphere", "vort")
 FORMATS = ("chw", "hw", "float64", "object")
@@ -123,3 +132,79 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     } | {p.relative_to(root).as_posix() + "/": (0, 0) for p in root.rglob("*") if p.is_dir()}
+
+
+def compose_cfg(tmp_path: Path, overrides: Sequence[str], name: str = "train") -> DictConfig:
+    """The config `python <name>.py OVERRIDES` would run, with data and outputs under `tmp_path`.
+
+    Hydra's own runtime config is installed too (as a real run has it), so code that reads the
+    chosen options or the config sources sees this composition.
+    """
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            name,
+            overrides=[
+                f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.output_dir={tmp_path / 'out'}",
+                *overrides,
+            ],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+# A tiny re-implementation of the DeepLense reference generator, with its parameter names.
+class _RefConvBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int):
+        super().__init__()
+        self.cnn = nn.Conv2d(cin, cout, k, padding=k // 2)
+        self.actication = nn.PReLU()
+
+    def forward(self, x):
+        return self.actication(self.cnn(x))
+
+
+class _RefResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.b1 = _RefConvBlock(c, c, 3)
+        self.b2 = _RefConvBlock(c, c, 3)
+
+    def forward(self, x):
+        return x + self.b2(self.b1(x))
+
+
+class _RefUpsample(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, 4 * c, 3, padding=1)
+        self.ps = nn.PixelShuffle(2)
+        self.activation = nn.PReLU()
+
+    def forward(self, x):
+        return self.activation(self.ps(self.conv(x)))
+
+
+class RefGenerator(nn.Module):
+    def __init__(self, n_blocks: int = 1, c: int = 64, bare_conv1: bool = False):
+        super().__init__()
+        self.first_conv = _RefConvBlock(1, c, 9)
+        self.res_blocks = nn.Sequential(*(_RefResBlock(c) for _ in range(n_blocks)))
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1) if bare_conv1 else _RefConvBlock(c, c, 3)
+        self.upsampling = _RefUpsample(c)
+        self.last_conv = nn.Conv2d(c, 1, 3, padding=1)
+
+    def forward(self, x):
+        head = self.first_conv(x)
+        return self.last_conv(self.upsampling(self.conv1(self.res_blocks(head)) + head))
+
+
+def randomise_prelus(module: nn.Module) -> None:
+    # Distinct slopes so that a mix-up of activations would show in the outputs.
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.PReLU):
+                m.weight.uniform_(0.05, 0.6)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import load_image, make_classification_folder, save_image, tree
 
 from lensexp.data.classification import LensClassificationDataModule
 from lensexp.errors import LensexpError
+from tests.helpers import load_image, make_classification_folder, save_image, tree
 
 CLASSES = ["no", "sphere", "vort"]
 

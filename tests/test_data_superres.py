@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import load_image, make_superres_folder, save_image, tree
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lensexp.data.superres import SuperResolutionDataModule
 from lensexp.errors import LensexpError
+from tests.helpers import load_image, make_superres_folder, save_image, tree
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "superres.yaml"
 

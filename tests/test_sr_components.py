@@ -28,6 +28,7 @@ from lensexp.models.srresnet import (
     load_generator_weights,
     remap_reference_state_dict,
 )
+from tests.helpers import RefGenerator, randomise_prelus
 
 CONF_LOSS = Path(__file__).resolve().parents[1] / "conf" / "loss"
 
@@ -77,64 +78,10 @@ def test_global_residual_adds_bicubic():
     torch.testing.assert_close(net(x), expected)
 
 
-# A tiny re-implementation of the DeepLense reference generator, with its parameter names.
-class _RefConvBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, k: int):
-        super().__init__()
-        self.cnn = nn.Conv2d(cin, cout, k, padding=k // 2)
-        self.actication = nn.PReLU()
-
-    def forward(self, x):
-        return self.actication(self.cnn(x))
-
-
-class _RefResBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.b1 = _RefConvBlock(c, c, 3)
-        self.b2 = _RefConvBlock(c, c, 3)
-
-    def forward(self, x):
-        return x + self.b2(self.b1(x))
-
-
-class _RefUpsample(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, 4 * c, 3, padding=1)
-        self.ps = nn.PixelShuffle(2)
-        self.activation = nn.PReLU()
-
-    def forward(self, x):
-        return self.activation(self.ps(self.conv(x)))
-
-
-class _RefGenerator(nn.Module):
-    def __init__(self, n_blocks: int = 1, c: int = 64, bare_conv1: bool = False):
-        super().__init__()
-        self.first_conv = _RefConvBlock(1, c, 9)
-        self.res_blocks = nn.Sequential(*(_RefResBlock(c) for _ in range(n_blocks)))
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1) if bare_conv1 else _RefConvBlock(c, c, 3)
-        self.upsampling = _RefUpsample(c)
-        self.last_conv = nn.Conv2d(c, 1, 3, padding=1)
-
-    def forward(self, x):
-        head = self.first_conv(x)
-        return self.last_conv(self.upsampling(self.conv1(self.res_blocks(head)) + head))
-
-
-def _randomise_prelus(module: nn.Module) -> None:
-    # Distinct slopes so that a mix-up of activations would show in the outputs.
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.PReLU):
-                m.weight.uniform_(0.05, 0.6)
-
-
 @pytest.mark.parametrize("n_blocks,bare_conv1", [(1, False), (2, False), (1, True)])
 def test_reference_state_dict_loads_and_reproduces(tmp_path, n_blocks, bare_conv1):
-    ref = _RefGenerator(n_blocks, bare_conv1=bare_conv1)
-    _randomise_prelus(ref)
+    ref = RefGenerator(n_blocks, bare_conv1=bare_conv1)
+    randomise_prelus(ref)
     state = ref.state_dict()
     assert "first_conv.actication.weight" in state and "upsampling.activation.weight" in state
     path = tmp_path / "reference_generator.pth"
@@ -163,7 +110,7 @@ def test_generator_weights_from_own_and_wrapped_checkpoints(tmp_path):
 
 
 def test_generator_weights_errors(tmp_path):
-    torch.save(_RefGenerator().state_dict(), tmp_path / "ref.pth")
+    torch.save(RefGenerator().state_dict(), tmp_path / "ref.pth")
     with pytest.raises(LensexpError, match=r"model\.pretrained=.*do not fit.*channels"):
         load_generator_weights(SRResNet(n_blocks=1, channels=32), tmp_path / "ref.pth")
     with pytest.raises(LensexpError, match="no ImageNet weights"):

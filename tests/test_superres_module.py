@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_superres_folder
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -27,8 +26,8 @@ from lensexp.metrics.superres import SRMetrics, bicubic_upsample
 from lensexp.models.srresnet import SRResNet
 from lensexp.reporting.superres import output_names, write_superres_report
 from lensexp.tasks.superres import SuperResolutionModule
+from tests.helpers import CONF, RefGenerator, compose_cfg, make_superres_folder, randomise_prelus
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 VAL_KEYS = [
     f"val/{m}{suffix}"
     for m in ("mse", "psnr", "ssim")
@@ -261,10 +260,9 @@ def test_bad_options() -> None:
 
 
 def test_pretrained_reference_generator_file(tmp_path: Path) -> None:
-    from test_sr_components import _randomise_prelus, _RefGenerator
 
-    reference = _RefGenerator(n_blocks=1, c=8)
-    _randomise_prelus(reference)
+    reference = RefGenerator(n_blocks=1, c=8)
+    randomise_prelus(reference)
     path = tmp_path / "reference_generator.pth"
     torch.save(reference.state_dict(), path)
     generator = tiny_generator(activation="prelu")
@@ -379,15 +377,8 @@ def test_report_output_names_when_names_repeat() -> None:
 
 
 # -- configs ------------------------------------------------------------------------------------
-def compose(overrides: list[str]):
-    if not (CONF / "train.yaml").exists():
-        pytest.skip("conf/train.yaml not written yet")
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        # output_dir is Hydra's run folder, unset outside a Hydra run.
-        return hydra_compose("train", overrides=["paths.output_dir=outputs/test", *overrides])
+def compose(overrides: list[str]) -> DictConfig:
+    return compose_cfg(Path("outputs/test"), overrides)
 
 
 def test_srresnet_config_selects_superres_data_and_mse() -> None:

@@ -15,33 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_image
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate
 from lensexp.training import check_compatible, train
+from tests.helpers import CONF, ROOT, compose_cfg, save_image
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
 GROUPS = [
     "data", "loss", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger",
     "paths", "debug", "experiment",
 ]  # fmt: skip
-
-
-def compose_cfg(tmp_path: Path, overrides: list[str], name: str = "train") -> DictConfig:
-    """The config `python <name>.py OVERRIDES` would run, with its outputs in `tmp_path`."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            name,
-            overrides=[
-                f"paths.data_dir={tmp_path / 'data'}",
-                f"paths.output_dir={tmp_path / 'out'}",
-                *overrides,
-            ],
-        )
 
 
 def quick(root: Path, *extra: str) -> list[str]:

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_sr_components import _RefGenerator
-from test_train import compose_cfg
 
 from lensexp.evaluation import evaluate
 from lensexp.losses.perceptual import VGG19_LAYERS, vgg19_features
 from lensexp.metrics.superres import per_image_metrics
 from lensexp.training import check_compatible, train
+from tests.helpers import RefGenerator, compose_cfg
 
 
 def vgg_file(tmp_path: Path, layer: str = "conv2_2") -> Path:
@@ -103,7 +102,7 @@ def test_evaluate_reference_weights_without_a_checkpoint(
     superres_root: Path, tmp_path: Path
 ) -> None:
     torch.manual_seed(0)
-    reference = _RefGenerator(n_blocks=1).eval()
+    reference = RefGenerator(n_blocks=1).eval()
     weights = tmp_path / "reference_generator.pth"
     torch.save(reference.state_dict(), weights)
     cfg = compose_cfg(
