@@ -24,6 +24,9 @@ from lensexp.errors import LensexpError
 log = logging.getLogger(__name__)
 
 NO_WEIGHTS = ("none", "random")
+# The statistics torchvision's ImageNet weights were trained with (RGB).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # Without this, a machine whose network blackholes packets would hang on the download.
 DOWNLOAD_TIMEOUT_S = 20.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,6 +25,9 @@ class TaskModule(L.LightningModule):
     """
 
     task: str = ""
+    # Set by evaluation before predicting: also return (and report) the full outputs, e.g. the
+    # SR images to save; otherwise predict_step keeps only what the report needs.
+    keep_outputs: bool = False
 
     def __init__(
         self, optimizer: OptimizerFactory, scheduler: Mapping[str, Any] | None = None
@@ -53,6 +57,13 @@ class TaskModule(L.LightningModule):
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
         """Parameters the (first) optimizer updates."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def write_report(
+        self, outputs: list[dict[str, Any]], files: list[Path], out_dir: Path
+    ) -> dict[str, Any]:
+        """Write this task's evaluation report of `predict_step` outputs (one per batch) for
+        `files` into `out_dir`; return its metrics."""
+        raise NotImplementedError(f"{type(self).__name__} has no evaluation report")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.trainable_parameters())
