@@ -291,3 +291,90 @@ def test_multirun_gives_each_job_its_own_folder(classification_root: Path, tmp_p
     for job in ("0", "1"):
         results = json.loads((sweep / job / "results.json").read_text())
         assert Path(results["config"]).parent == sweep / job
+
+
+# -- from config to run -----------------------------------------------------------------------
+TRAINER_EXAMPLES = {
+    "trainer.fast_dev_run=true": ("fast_dev_run", True),
+    "trainer.limit_train_batches=0.1": ("limit_train_batches", 0.1),
+    "trainer.accumulate_grad_batches=2": ("accumulate_grad_batches", 2),
+    "trainer.gradient_clip_val=1.0": ("gradient_clip_val", 1.0),
+}
+
+
+@pytest.mark.parametrize("override", [*TRAINER_EXAMPLES, "trainer.max_time=00:00:01:30"])
+def test_any_trainer_argument_from_the_command_line(tmp_path: Path, override: str) -> None:
+    from lightning.pytorch.callbacks import Timer
+
+    from lensexp.builders import build_trainer
+
+    trainer = build_trainer(compose_cfg(tmp_path, ["logger=csv", override]))
+    if override in TRAINER_EXAMPLES:
+        name, value = TRAINER_EXAMPLES[override]
+        assert getattr(trainer, name) == value
+    else:
+        (timer,) = [c for c in trainer.callbacks if isinstance(c, Timer)]
+        assert timer._duration == 90.0
+
+
+def test_trainer_config_lists_every_trainer_argument() -> None:
+    import inspect
+
+    import lightning
+    from omegaconf import OmegaConf
+
+    params = set(inspect.signature(lightning.pytorch.Trainer.__init__).parameters)
+    listed = set(OmegaConf.load(CONF / "trainer" / "default.yaml")) - {"_target_"}
+    # callbacks and logger come from their own groups.
+    assert listed == params - {"self", "callbacks", "logger"}
+
+
+def test_debug_wins_over_experiment(tmp_path: Path) -> None:
+    cfg = compose_cfg(tmp_path, ["experiment=trail_baseline", "debug=limit"])
+    assert cfg.trainer.max_epochs == 2 and cfg.trainer.limit_train_batches == 3
+
+
+def test_adversarial_loss_on_a_classifier_names_the_loss(tmp_path: Path) -> None:
+    # The adversarial loss also swaps in its own module: the check must still blame the loss.
+    cfg = compose_cfg(tmp_path, ["model=resnet18", "loss=adversarial"])
+    with pytest.raises(LensexpError, match=r"^loss=adversarial is a superres loss, but "
+                       r"model=resnet18 is a classification model: choose loss=cross_entropy\.$"):  # fmt: skip
+        check_compatible(cfg)
+    assert check_compatible(compose_cfg(tmp_path, ["model=srresnet", "loss=vgg"])) == "superres"
+
+
+def test_no_import_cycles_among_lensexp_modules() -> None:
+    import ast
+
+    package = ROOT / "lensexp"
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in package.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            found |= {t for t in targets if t in modules and t != name}
+        # A package's __init__ importing its own children is not a cycle with them.
+        graph[name] = {t for t in found if not t.startswith(name + ".")}
+
+    def visit(node: str, stack: list[str], done: set[str]) -> None:
+        if node in stack:
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(node):] + [node]))  # fmt: skip
+        if node in done:
+            return
+        for target in graph[node]:
+            visit(target, [*stack, node], done)
+        done.add(node)
+
+    done: set[str] = set()
+    for name in graph:
+        visit(name, [], done)
+    assert "lensexp.training" not in graph["lensexp.evaluation"]

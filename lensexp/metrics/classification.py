@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import BinaryAUROC, MulticlassAUROC, MulticlassConfusionMatrix
 from torchmetrics.functional.classification import binary_roc
+from torchmetrics.utilities import dim_zero_cat
 
 # Key prefixes produced by `compute()`; a class name must not collide with the averages.
 RESERVED_NAMES = ("micro", "macro")
@@ -123,6 +124,13 @@ class ClassificationMetrics(nn.Module):
             values[f"auc_{name}"] = auc
         values["confusion_matrix"] = confusion
         return values
+
+    def samples(self) -> tuple[Tensor, Tensor]:
+        """Every (probabilities (N, C), target (N,)) seen, from all processes: the exact AUROC
+        keeps them anyway, so figures read them here rather than from a second copy."""
+        auroc = self.per_class_auroc
+        with auroc.sync_context(should_unsync=True):
+            return dim_zero_cat(auroc.preds), dim_zero_cat(auroc.target)
 
     def reset(self) -> None:
         """Forget every sample seen."""

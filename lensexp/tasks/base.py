@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import Optimizer
 
 from lensexp.errors import LensexpError
@@ -28,6 +29,9 @@ class TaskModule(L.LightningModule):
     # Set by evaluation before predicting: also return (and report) the full outputs, e.g. the
     # SR images to save; otherwise predict_step keeps only what the report needs.
     keep_outputs: bool = False
+    # Whether pretrained weights were loaded (recorded in results.json and checkpoints, so a
+    # run trained from scratch because no weights were reachable can't pass for a pretrained one).
+    pretrained_loaded: bool | None = None
 
     def __init__(
         self, optimizer: OptimizerFactory, scheduler: Mapping[str, Any] | None = None
@@ -58,12 +62,25 @@ class TaskModule(L.LightningModule):
         """Parameters the (first) optimizer updates."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def tensorboard(self) -> Any:
+        """The TensorBoard `SummaryWriter` of this run, or None (no such logger, or the sanity
+        check, whose couple of batches are not worth a figure)."""
+        if self._trainer is None or self.trainer.sanity_checking:
+            return None
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger.experiment
+        return None
+
     def write_report(
         self, outputs: list[dict[str, Any]], files: list[Path], out_dir: Path
     ) -> dict[str, Any]:
         """Write this task's evaluation report of `predict_step` outputs (one per batch) for
         `files` into `out_dir`; return its metrics."""
         raise NotImplementedError(f"{type(self).__name__} has no evaluation report")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pretrained_loaded"] = self.pretrained_loaded
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.trainable_parameters())

@@ -1,0 +1,220 @@
+"""From a composed config to objects: the one place `training.py` and `evaluation.py` build from.
+
+cfg.data      -> LightningDataModule      (task: classification | superres)
+cfg.loss      -> loss nn.Module           (must share the data module's task)
+cfg.model     -> TaskModule, given the loss, optimizer/scheduler partials and what the
+                 data module knows (class names, scale)
+cfg.trainer   -> lightning Trainer, with cfg.callbacks and cfg.logger
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from lensexp.callbacks import CONFIG_KEY, StoreConfig
+from lensexp.errors import LensexpError
+
+log = logging.getLogger(__name__)
+
+TASK_GROUPS = ("data", "loss", "model")
+# The config a checkpoint brings along; the rest (trainer, paths, ...) comes from this run.
+STORED_KEYS = ("data", "loss", "model", "optimizer", "scheduler", "monitor", "monitor_mode")
+# Command-line keys that still apply on top of a checkpoint's stored config.
+OVERRIDABLE = ("data", "model", "loss")
+
+
+# -- which task a run is ----------------------------------------------------------------------
+def _target_of(node: Any) -> str | None:
+    return node.get("_target_") if isinstance(node, DictConfig | dict) else None
+
+
+def _task_of(target: str | None, key: str) -> str | None:
+    if target is None:
+        return None
+    try:
+        cls = get_class(target)
+    except Exception as err:
+        raise LensexpError(f"{key}._target_={target}: cannot be imported ({err}).") from err
+    return getattr(cls, "task", None) or None
+
+
+@contextmanager
+def _hydra_compose_ready() -> Iterator[None]:
+    """Hydra's config repository ready for `compose`: the running app's, or this run's config
+    folder when the config was composed by the compose API (tests, notebooks)."""
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    sources = HydraConfig.get().runtime.config_sources
+    main = next(s.path for s in sources if s.provider == "main" and s.schema == "file")
+    with initialize_config_dir(config_dir=main, version_base="1.3"):
+        yield
+
+
+def _option_task(group: str, option: str) -> str | None:
+    """The task of a config group option as it composes on its own (other groups default)."""
+    cfg = compose(HydraConfig.get().job.config_name, overrides=[f"{group}={option}"])
+    return _task_of(_target_of(cfg.get(group)), group)
+
+
+def check_compatible(cfg: DictConfig) -> str:
+    """The run's task; one clear line if data, loss and model serve different tasks.
+
+    Only classes are imported here, so a bad combination fails before any data or weights load.
+    On a mismatch, each chosen option is composed alone from Hydra's config repository to tell
+    which one is the odd one out (an adversarial loss also swaps in its own module) and which
+    options would fit.
+    """
+    tasks = {g: _task_of(_target_of(cfg.get(g)), g) for g in TASK_GROUPS}
+    if tasks["model"] is None:
+        raise LensexpError(
+            f"model._target_={_target_of(cfg.get('model'))}: not a lensexp task module."
+        )
+    if len(set(tasks.values())) == 1:
+        return tasks["model"]
+    if not HydraConfig.initialized():
+        raise LensexpError(
+            f"data, loss and model serve different tasks ({tasks}): choose options of one task."
+        )
+    choices = HydraConfig.get().runtime.choices
+    with _hydra_compose_ready():
+        own = {g: _option_task(g, choices[g]) for g in TASK_GROUPS}
+        model_task = own["model"]
+        for group in ("data", "loss"):
+            if own[group] != model_task:
+                options = GlobalHydra.instance().config_loader().get_group_options(group)
+                valid = [o for o in options if _option_task(group, o) == model_task]
+                raise LensexpError(
+                    f"{group}={choices[group]} is a {own[group]} {group}, but "
+                    f"model={choices['model']} is a {model_task} model: choose "
+                    f"{group}={'|'.join(valid)}."
+                )
+    return str(model_task)
+
+
+# -- objects ----------------------------------------------------------------------------------
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The data module, with its dataset present (simulated first if it is the default one)."""
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    return datamodule
+
+
+def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
+    """The LightningModule, given its loss, optimizer, scheduler and what the data says."""
+    loss = instantiate(cfg.loss)
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    # _convert_: plain lists and dicts in hparams, so checkpoints load with weights_only=True.
+    return instantiate(
+        cfg.model,
+        _convert_="all",
+        loss=loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        **datamodule.state_for_model(),
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks of the `callbacks` group, plus the one storing the config in checkpoints."""
+    callbacks: list[Callback] = [
+        instantiate(node) for node in (cfg.get("callbacks") or {}).values() if _target_of(node)
+    ]
+    callbacks.append(StoreConfig(OmegaConf.to_container(cfg, resolve=True)))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list[Any] | bool:
+    """The loggers of the `logger` group, or False for none."""
+    loggers = [instantiate(n) for n in (cfg.get("logger") or {}).values() if _target_of(n)]
+    return loggers or False
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The training Trainer: `cfg.trainer` with the run's callbacks and loggers."""
+    return instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+
+
+def build_report_trainer(cfg: DictConfig, keep_limits: bool) -> L.Trainer:
+    """A Trainer for one prediction pass on the run's device, with no side effects.
+
+    `keep_limits`: predict as far as the run validated (a debug or limited run stays short);
+    otherwise the whole split.
+    """
+    limits: dict[str, Any] = {"fast_dev_run": False, "limit_predict_batches": 1.0}
+    if keep_limits:
+        limits = {
+            "fast_dev_run": cfg.trainer.get("fast_dev_run", False),
+            "limit_predict_batches": cfg.trainer.get("limit_val_batches") or 1.0,
+        }
+    return instantiate(
+        cfg.trainer,
+        **limits,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=1,
+        min_epochs=None,
+    )
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """This run's folder."""
+    folder = Path(cfg.paths.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# -- a checkpoint's own config ----------------------------------------------------------------
+def _command_line() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def config_from_checkpoint(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -> DictConfig:
+    """The checkpoint's own data/loss/model config, with this run's trainer and paths and the
+    command line's `data.`/`model.`/`loss.` keys on top (parsed by Hydra's override parser)."""
+    stored = checkpoint.get(CONFIG_KEY)
+    if not isinstance(stored, dict):
+        raise LensexpError(
+            f"ckpt_path={path}: holds no lensexp config (not written by train.py). Evaluate "
+            f"plain weights with model=... model.pretrained=PATH instead."
+        )
+    run = OmegaConf.create({k: stored[k] for k in STORED_KEYS if k in stored})
+    for key in cfg:
+        if key not in STORED_KEYS:
+            run[key] = cfg[key]
+    ignored = []
+    for override in OverridesParser.create().parse_overrides(_command_line()):
+        key = override.key_or_group
+        head = key.split(".", 1)[0]
+        if "." in key and head in OVERRIDABLE:
+            OmegaConf.update(run, key, OmegaConf.select(cfg, key), force_add=True)
+        elif head in STORED_KEYS or head == "experiment":
+            ignored.append(override.input_line)
+    if ignored:
+        log.warning(
+            "ckpt_path given: the checkpoint's config wins; ignoring %s", ", ".join(ignored)
+        )
+    # The checkpoint holds the trained weights; don't fetch pretrained ones to overwrite.
+    OmegaConf.update(
+        run, "model.pretrained", None if run.model.get("pretrained") is None else "none"
+    )
+    if OmegaConf.select(run, "loss.weights") is not None:
+        OmegaConf.update(run, "loss.weights", "random")
+    return run
