@@ -4,7 +4,7 @@ the same network, loss, optimizer, batches and batch transform, measured in one 
 Run from the repository root:  python benchmarks/bench_train.py [--batches 30] [--repeats 2]
 Writes the "training" section of docs/benchmarks.md.
 
-The Lightning side is built from the real configs (hydra compose + lensexp.training builders)
+The Lightning side is built from the real configs (hydra compose + lensexp.builders)
 and trained by a Trainer with the default callbacks (checkpointing off: it would write files the
 plain loop doesn't) and a CSV logger, so logging and metric updates count against it. Each side
 times the same window of batches after a warm-up.
@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
 
 from benchmarks._report import write_section  # noqa: E402
 from benchmarks.bench_sim import _cpu_name  # noqa: E402
-from lensexp.training import build_callbacks, build_datamodule, build_module  # noqa: E402
+from lensexp.builders import build_callbacks, build_datamodule, build_module  # noqa: E402
 
 # name -> (overrides, batches, warm-up batches). Pretrained weights can't change the speed, so
 # the benchmark never tries the network. srgan runs VGG19 to conv5_4 on 150 px images: on a CPU

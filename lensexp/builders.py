@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lensexp.callbacks import CONFIG_KEY, StoreConfig
 from lensexp.errors import LensexpError
+from lensexp.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks: list[Callback] = [
         instantiate(node) for node in (cfg.get("callbacks") or {}).values() if _target_of(node)
     ]
-    callbacks.append(StoreConfig(OmegaConf.to_container(cfg, resolve=True)))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks.append(StoreConfig(config, provenance(cfg.paths.root_dir)))
     return callbacks
 
 

@@ -19,10 +19,26 @@ def set_project_root(entry_file: str) -> str:
     return str(root / "conf")
 
 
+def _user_error(err: BaseException) -> LensexpError | None:
+    """The LensexpError behind `err`: itself, or the cause Hydra wrapped while instantiating."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LensexpError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def run_reporting_errors(fn: Callable[[], Any]) -> Any:
-    """Run `fn`; a LensexpError (bad input or config) becomes one line on stderr and exit 1."""
+    """Run `fn`; a LensexpError (bad input or config), also one raised inside Hydra's
+    `instantiate`, becomes one line on stderr and exit 1."""
     try:
         return fn()
-    except LensexpError as err:
-        print(f"lensexp: error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"lensexp: error: {user_error}", file=sys.stderr)
         sys.exit(1)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lensexp.builders import (
     build_datamodule,
@@ -16,7 +16,7 @@ from lensexp.builders import (
     config_from_checkpoint,
 )
 from lensexp.errors import LensexpError
-from lensexp.models.weights import load_torch_file
+from lensexp.models.weights import KEYWORDS, load_torch_file
 from lensexp.reporting.files import print_metrics_table
 
 
@@ -40,9 +40,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint (`ckpt_path`) or the model the config builds; return the metrics."""
     checkpoint = None
     run = cfg
+    pretrained = OmegaConf.select(cfg, "model.pretrained")
+    if not cfg.get("ckpt_path") and str(pretrained) in ("None", *KEYWORDS):
+        raise LensexpError(
+            f"evaluate.py needs trained weights: give ckpt_path=CKPT (a checkpoint written by "
+            f"train.py) or model.pretrained=PATH (a weights file for model=...); "
+            f"model.pretrained={pretrained} would score an untrained network."
+        )
     if cfg.get("ckpt_path"):
         checkpoint = load_torch_file(
-            cfg.ckpt_path, "ckpt_path", "Give a checkpoint written by train.py (checkpoints/*.ckpt)."
+            cfg.ckpt_path,
+            "ckpt_path",
+            "Give a checkpoint written by train.py (checkpoints/*.ckpt).",
         )
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise LensexpError(

@@ -19,6 +19,7 @@ from lensexp.builders import (
     output_dir,
 )
 from lensexp.evaluation import evaluate_module
+from lensexp.provenance import provenance
 from lensexp.reporting.files import print_metrics_table, write_json
 
 
@@ -61,6 +62,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     config_path = out / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(out / "provenance.json", provenance(cfg.paths.root_dir))
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)

@@ -378,3 +378,46 @@ def test_no_import_cycles_among_lensexp_modules() -> None:
     for name in graph:
         visit(name, [], done)
     assert "lensexp.training" not in graph["lensexp.evaluation"]
+
+
+def test_error_inside_instantiate_is_one_line(classification_root: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "train.py", *quick(classification_root, "model.input_adapter=sideways"),
+         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "Error in call to target" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lensexp: error: model.input_adapter=sideways: ")
+
+
+@pytest.mark.parametrize("pretrained", ["auto", "none"])
+def test_evaluate_without_weights_refuses(
+    classification_root: Path, tmp_path: Path, pretrained: str
+) -> None:
+    cfg = compose_cfg(
+        tmp_path, [f"data.root={classification_root}", f"model.pretrained={pretrained}"], "eval"
+    )
+    with pytest.raises(LensexpError, match=r"give ckpt_path=CKPT .* or model.pretrained=PATH"):
+        evaluate(cfg)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_seeded_deterministic_runs_agree_and_record_provenance(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    runs = [
+        train(compose_cfg(tmp_path / name, quick(classification_root, "debug=limit", "seed=7",
+                                                 "trainer.deterministic=true")))
+        for name in ("a", "b")
+    ]  # fmt: skip
+    assert runs[0]["val_metrics"] == runs[1]["val_metrics"]
+    assert runs[0]["global_step"] == runs[1]["global_step"] == 2 * 3
+
+    saved = json.loads((tmp_path / "a" / "out" / "provenance.json").read_text())
+    checkpoint = torch.load(runs[0]["last_checkpoint"], weights_only=True)
+    assert checkpoint["lensexp_provenance"] == saved
+    assert saved["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert saved["versions"]["lightning"] and saved["versions"]["lensexp"]
+    assert saved["git_commit"] is None or len(saved["git_commit"]) == 40

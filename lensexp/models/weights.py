@@ -24,6 +24,9 @@ from lensexp.errors import LensexpError
 log = logging.getLogger(__name__)
 
 NO_WEIGHTS = ("none", "random")
+TORCHVISION_WEIGHTS = ("auto", "imagenet")
+# Every value of a pretrained option that is not a path to a file.
+KEYWORDS = (*TORCHVISION_WEIGHTS, *NO_WEIGHTS)
 # The statistics torchvision's ImageNet weights were trained with (RGB).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,7 +95,7 @@ def load_pretrained(
     spec = "none" if spec is None else str(spec)
     if spec in NO_WEIGHTS:
         return False
-    if spec in ("auto", "imagenet"):
+    if spec in TORCHVISION_WEIGHTS:
         try:
             state = fetch_torchvision_weights(weights)
         except Exception as err:  # URLError, timeouts, hash mismatch: all mean "not available"
