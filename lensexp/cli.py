@@ -8,6 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
 from lensexp.errors import LensexpError
 
 
@@ -41,4 +44,7 @@ def run_reporting_errors(fn: Callable[[], Any]) -> Any:
         if user_error is None:
             raise
         print(f"lensexp: error: {user_error}", file=sys.stderr)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            # An exception, not an exit: Hydra records this job as failed and runs the others.
+            raise user_error from None
         sys.exit(1)

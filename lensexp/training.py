@@ -73,6 +73,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best, last = _checkpoints(trainer)
     best_path = best.best_model_path if best is not None else ""
     best_score = best.best_model_score if best is not None else None
+    # The last epoch's numbers, before the best checkpoint's weights replace the final ones.
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     validated = _validate_best(cfg, trainer, module, datamodule, best_path)
     report_dir = out / "best_val"
     report = evaluate_module(
@@ -86,6 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best_path or None,
         "last_checkpoint": (last.best_model_path or None) if last is not None else None,
         "val_metrics": validated,
+        "final_metrics": final,
         "report_dir": str(report_dir),
         "pretrained_loaded": module.pretrained_loaded,
         "epochs": trainer.current_epoch,

@@ -280,19 +280,6 @@ def test_last_checkpoint_is_the_final_epoch(classification_root: Path, tmp_path:
     assert last["global_step"] == results["global_step"] == 3 * 3  # 24 images, batch 8
 
 
-def test_multirun_gives_each_job_its_own_folder(classification_root: Path, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "train.py", "-m", *quick(classification_root, "debug=fdr"),
-         "seed=1,2", f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for job in ("0", "1"):
-        results = json.loads((sweep / job / "results.json").read_text())
-        assert Path(results["config"]).parent == sweep / job
-
-
 # -- from config to run -----------------------------------------------------------------------
 TRAINER_EXAMPLES = {
     "trainer.fast_dev_run=true": ("fast_dev_run", True),
