@@ -188,35 +188,49 @@ def _command_line() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def config_from_checkpoint(cfg: DictConfig, checkpoint: dict[str, Any], path: str) -> DictConfig:
-    """The checkpoint's own data/loss/model config, with this run's trainer and paths and the
-    command line's `data.`/`model.`/`loss.` keys on top (parsed by Hydra's override parser)."""
+def config_from_checkpoint(
+    cfg: DictConfig, checkpoint: dict[str, Any], path: str, resume: bool = False
+) -> DictConfig:
+    """The run config that a checkpoint's stored config and this command line make.
+
+    Evaluation (`resume=False`): the checkpoint's data/loss/model/optimizer/scheduler/monitor
+    with this run's trainer and paths; of the command line only `data.*`, `model.*` and `loss.*`
+    keys apply on top (others that would change the model are ignored with a warning).
+    Resuming training (`resume=True`): the trainer and seed come from the checkpoint too, and
+    every command-line override applies on top. Callbacks, loggers and paths are always this
+    run's, so a resumed run never writes into another run's folder. Overrides are parsed by
+    Hydra's own override parser.
+    """
     stored = checkpoint.get(CONFIG_KEY)
     if not isinstance(stored, dict):
         raise LensexpError(
             f"ckpt_path={path}: holds no lensexp config (not written by train.py). Evaluate "
             f"plain weights with model=... model.pretrained=PATH instead."
         )
-    run = OmegaConf.create({k: stored[k] for k in STORED_KEYS if k in stored})
+    keys = STORED_KEYS + (("trainer", "seed") if resume else ())
+    run = OmegaConf.create({k: stored[k] for k in keys if k in stored})
     for key in cfg:
-        if key not in STORED_KEYS:
+        if key not in keys:
             run[key] = cfg[key]
+    if resume and "trainer" in run:
+        run.trainer.default_root_dir = cfg.trainer.default_root_dir
     ignored = []
     for override in OverridesParser.create().parse_overrides(_command_line()):
         key = override.key_or_group
         head = key.split(".", 1)[0]
-        if "." in key and head in OVERRIDABLE:
+        if (resume and head in keys) or ("." in key and head in OVERRIDABLE):
             OmegaConf.update(run, key, OmegaConf.select(cfg, key), force_add=True)
-        elif head in STORED_KEYS or head == "experiment":
+        elif head in keys or head == "experiment":
             ignored.append(override.input_line)
     if ignored:
         log.warning(
             "ckpt_path given: the checkpoint's config wins; ignoring %s", ", ".join(ignored)
         )
-    # The checkpoint holds the trained weights; don't fetch pretrained ones to overwrite.
+    # The checkpoint holds the trained weights; don't fetch pretrained ones to overwrite them.
     OmegaConf.update(
         run, "model.pretrained", None if run.model.get("pretrained") is None else "none"
     )
-    if OmegaConf.select(run, "loss.weights") is not None:
+    if not resume and OmegaConf.select(run, "loss.weights") is not None:
+        # Only the validation loss uses the VGG here, and its weights are not in checkpoints.
         OmegaConf.update(run, "loss.weights", "random")
     return run

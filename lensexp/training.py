@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,9 +17,12 @@ from lensexp.builders import (
     build_report_trainer,
     build_trainer,
     check_compatible,
+    config_from_checkpoint,
     output_dir,
 )
+from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate_module
+from lensexp.models.weights import load_torch_file
 from lensexp.provenance import provenance
 from lensexp.reporting.files import print_metrics_table, write_json
 
@@ -55,9 +59,31 @@ def _validate_best(
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
+def resume_config(cfg: DictConfig) -> tuple[DictConfig, str | None]:
+    """The config to train with and the checkpoint to resume from (`ckpt_path`).
+
+    `ckpt_path=last` is this run folder's `checkpoints/last.ckpt` (with `hydra.run.dir=RUN`, the
+    run to continue). The checkpoint's stored config is the run's config, with the command line
+    on top, so `python train.py ckpt_path=PATH` needs nothing else.
+    """
+    if not cfg.get("ckpt_path"):
+        return cfg, None
+    path = str(cfg.ckpt_path)
+    if path == "last":
+        path = str(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+        if not Path(path).is_file():
+            raise LensexpError(
+                f"ckpt_path=last: no {path}; give hydra.run.dir=RUN (the folder of the run to "
+                f"resume) or ckpt_path=PATH."
+            )
+    checkpoint = load_torch_file(path, "ckpt_path", "Give a checkpoint written by train.py.")
+    return config_from_checkpoint(cfg, checkpoint, path, resume=True), path
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as `cfg` says; write `results.json` and the best checkpoint's report."""
     started = time.perf_counter()
+    cfg, ckpt_path = resume_config(cfg)
     task = check_compatible(cfg)
     out = output_dir(cfg)
     config_path = out / "config.yaml"
@@ -68,7 +94,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     best, last = _checkpoints(trainer)
     best_path = best.best_model_path if best is not None else ""

@@ -252,16 +252,24 @@ def test_missing_data_root_is_one_clear_error(tmp_path: Path) -> None:
         train(cfg)
 
 
-def test_resume_from_last_checkpoint(classification_root: Path, tmp_path: Path) -> None:
-    first = train(compose_cfg(tmp_path / "a", quick(classification_root, "debug=limit")))
-    resumed = train(
-        compose_cfg(
-            tmp_path / "b",
-            quick(classification_root, "debug=limit", "trainer.max_epochs=3",
-                  f"ckpt_path={first['last_checkpoint']}"),
-        )
-    )  # fmt: skip
-    assert first["epochs"] == 2 and resumed["epochs"] == 3
+def test_resume_needs_only_the_checkpoint(classification_root: Path, tmp_path: Path) -> None:
+    first = train(compose_cfg(tmp_path, quick(classification_root, "debug=limit")))
+    assert first["epochs"] == 2 and first["global_step"] == 2 * 3
+    # None of the original overrides (model, data, trainer...): the checkpoint's config is used,
+    # in the same run folder, with the command line on top.
+    resumed = train(compose_cfg(tmp_path, ["ckpt_path=last", "trainer.max_epochs=3"]))
+    assert resumed["epochs"] == 3 and resumed["global_step"] == 3 * 3  # as an uninterrupted run
+    config = (tmp_path / "out" / "config.yaml").read_text()
+    assert "backbone: mobilenet_v3_small" in config and f"root: {classification_root}" in config
+    last = torch.load(resumed["last_checkpoint"], weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 9
+
+
+def test_resume_last_without_a_run_folder_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(
+        LensexpError, match=r"ckpt_path=last: no .*last\.ckpt; give hydra\.run\.dir"
+    ):
+        train(compose_cfg(tmp_path, ["ckpt_path=last"]))
 
 
 def test_last_checkpoint_is_the_final_epoch(classification_root: Path, tmp_path: Path) -> None:
