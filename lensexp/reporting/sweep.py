@@ -54,6 +54,13 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _label(override: str) -> str:
+    """How an override reads in the report: sweep files select their jobs' experiment as
+    `+experiment@_global_=NAME`, which says no more than `experiment=NAME`."""
+    key, _, value = override.partition("=")
+    return f"{_key(key).split('@', 1)[0]}={value}"
+
+
 def read_jobs(sweep_dir: Path) -> list[Job]:
     """Every job folder under `sweep_dir` (those holding `.hydra/overrides.yaml`), in job order."""
     jobs = []
@@ -114,7 +121,7 @@ def summarise(jobs: Sequence[Job]) -> tuple[list[dict[str, Any]], list[str], str
         statuses = [j.status for j in members]
         rows.append(
             {
-                "configuration": " ".join(config) or "(no overrides)",
+                "configuration": " ".join(map(_label, config)) or "(no overrides)",
                 "seeds": len(done),
                 "best_mean": best[0],
                 "best_std": best[1],

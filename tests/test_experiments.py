@@ -1,0 +1,93 @@
+"""Named recipes: every trail is its parent plus exactly the change its name says, and the
+sweep files define the jobs the reference study needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.helpers import CONF, compose_cfg
+
+# trail -> (parent, the config keys (prefixes) its change may touch). Written from the
+# reference's README, not read from the files: a trail that changes anything else fails.
+TRAILS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # The adversarial loss brings its module: the discriminator and that module's settings.
+    "adversarial": (
+        "baseline",
+        ("loss.", "model._target_", "model.discriminator", "model.gradient_clip"),
+    ),
+    "vgg": ("baseline", ("loss.",)),
+    "no_batchnorm": ("baseline", ("model.generator.batch_norm",)),
+    "prelu": ("no_batchnorm", ("model.generator.activation",)),
+    "plateau": ("prelu", ("scheduler.",)),
+    "transposed": ("plateau", ("model.generator.upsampler",)),
+    "upsample_conv": ("plateau", ("model.generator.upsampler",)),
+    "one_block": ("plateau", ("model.generator.n_blocks",)),
+    "128_channels": ("plateau", ("model.generator.channels",)),
+}
+
+
+def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flat(value, name + ".")
+        else:
+            out[name] = value
+    return out
+
+
+def composed(tmp_path: Path, *overrides: str) -> dict[str, Any]:
+    cfg = compose_cfg(tmp_path, list(overrides))
+    return flat(OmegaConf.to_container(cfg, resolve=False))
+
+
+def changed_keys(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
+    return {k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>")}
+
+
+@pytest.mark.parametrize("trail", sorted(TRAILS))
+def test_trail_differs_from_its_parent_only_where_intended(tmp_path: Path, trail: str) -> None:
+    parent, allowed = TRAILS[trail]
+    child = composed(tmp_path, f"experiment=trail_{trail}")
+    diff = changed_keys(child, composed(tmp_path, f"experiment=trail_{parent}"))
+    assert diff, f"trail_{trail} changes nothing"
+    assert {k for k in diff if not k.startswith(allowed)} == set()
+    # ... and the same single change, applied to the baseline, is the ablation's job.
+    ablated = composed(tmp_path, "experiment=trail_baseline", f"+ablation={trail}")
+    assert {k for k in changed_keys(ablated, composed(tmp_path, "experiment=trail_baseline"))
+            if not k.startswith(allowed)} == set()  # fmt: skip
+
+
+def test_trail_baseline_is_the_srgan_generator(tmp_path: Path) -> None:
+    base = composed(tmp_path, "experiment=trail_baseline")
+    assert base["model.generator.n_blocks"] == 16 and base["model.generator.batch_norm"] is True
+    assert base["model.generator.activation"] == "leakyrelu"
+    assert base["model.generator.upsampler"] == "pixelshuffle"
+    assert base["loss.pixel.criterion"] == "mse" and "loss.adversarial.weight" not in base
+    assert base["optimizer.lr"] == 1e-4 and base["scheduler.scheduler"] is None
+
+
+def sweep_values(name: str, key: str) -> list[str]:
+    params = OmegaConf.load(CONF / "experiment" / f"{name}.yaml").hydra.sweeper.params
+    return [v.strip() for v in str(params[key]).split(",")]
+
+
+def test_sweep_files_cover_every_trail_and_change() -> None:
+    trails = sweep_values("sr_trails", "+experiment@_global_")
+    assert sorted(trails) == sorted(["trail_baseline", *(f"trail_{t}" for t in TRAILS)])
+    changes = sweep_values("sr_ablation", "+ablation")
+    assert sorted(changes) == sorted(["none", *TRAILS])
+    backbones = sweep_values("classifier_backbones", "model")
+    assert sorted(backbones) == ["efficientnet_b0", "mobilenet_v3_large", "mobilenet_v3_small",
+                                 "resnet18"]  # fmt: skip
+
+
+@pytest.mark.parametrize("trail", ["trail_baseline", "trail_prelu", "trail_adversarial"])
+def test_a_sweep_job_is_the_trail_it_names(tmp_path: Path, trail: str) -> None:
+    job = composed(tmp_path, "experiment=sr_trails", f"+experiment@_global_={trail}")
+    assert job == composed(tmp_path, f"experiment={trail}")
