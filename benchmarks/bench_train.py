@@ -138,18 +138,24 @@ def plain_step(module: Any) -> Callable[[Any, int], None]:
         return step
 
     gen_opt = module.optimizer_factory(module.generator.parameters())
-    disc = module.loss.discriminator if module.loss.uses_discriminator else None
+    disc = getattr(module, "discriminator", None)
     disc_opt = module.optimizer_factory(disc.parameters()) if disc is not None else None
 
     def sr_step(batch: Any, i: int) -> None:
         lr, hr = batch
         sr = module.generator(lr)
-        g_loss, _ = module.loss(sr, hr, i)
+        fake = None
+        if disc is not None:
+            # As the module does: gradients reach sr through the discriminator, not its weights.
+            disc.requires_grad_(False)
+            fake = disc(sr)
+            disc.requires_grad_(True)
+        g_loss, _ = module.loss(sr, hr, fake_logits=fake)
         gen_opt.zero_grad(set_to_none=True)
         g_loss.backward()
         gen_opt.step()
         if disc_opt is not None:
-            d_loss, _ = module.loss.discriminator_loss(sr.detach(), hr)
+            d_loss, _ = module.loss.discriminator_loss(disc(hr), disc(sr.detach()))
             disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             disc_opt.step()

@@ -10,13 +10,15 @@ from urllib.error import URLError
 import hydra.utils
 import pytest
 import torch
+import torch.nn.functional as F
+import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
 import lensexp.models.weights as weights_module
 from lensexp.errors import LensexpError
 from lensexp.losses.adversarial import GANLoss
-from lensexp.losses.perceptual import VGG19_LAYERS, PerceptualLoss, vgg19_features
+from lensexp.losses.perceptual import PerceptualLoss, vgg19_layers
 from lensexp.losses.pixel import PixelLoss
 from lensexp.losses.superres import SuperResolutionLoss
 from lensexp.metrics.superres import SRMetrics, bicubic_upsample, per_image_metrics
@@ -28,9 +30,7 @@ from lensexp.models.srresnet import (
     load_generator_weights,
     remap_reference_state_dict,
 )
-from tests.helpers import RefGenerator, randomise_prelus
-
-CONF_LOSS = Path(__file__).resolve().parents[1] / "conf" / "loss"
+from tests.helpers import RefGenerator, compose_cfg, randomise_prelus
 
 
 @pytest.fixture(autouse=True)
@@ -98,8 +98,11 @@ def test_reference_state_dict_loads_and_reproduces(tmp_path, n_blocks, bare_conv
 def test_generator_weights_from_own_and_wrapped_checkpoints(tmp_path):
     source = SRResNet(n_blocks=1, channels=8)
     wrapped = {f"generator.{k}": v for k, v in source.state_dict().items()}
-    wrapped |= {f"generator_ema.{k}": torch.zeros_like(v) for k, v in source.state_dict().items()}
-    wrapped["loss.discriminator.head.1.weight"] = torch.zeros(3)
+    wrapped |= {
+        f"generator_ema.module.{k}": torch.zeros_like(v) for k, v in source.state_dict().items()
+    }
+    wrapped["generator_ema.n_averaged"] = torch.tensor(3)
+    wrapped["discriminator.head.1.weight"] = torch.zeros(3)
     torch.save({"state_dict": wrapped, "epoch": 3}, tmp_path / "last.ckpt")
     torch.save(source.state_dict(), tmp_path / "plain.pth")
     for name in ("last.ckpt", "plain.pth"):
@@ -146,7 +149,8 @@ def test_discriminator_any_size(size, batch_norm):
 
 
 def test_discriminator_bad_option():
-    with pytest.raises(LensexpError, match=r"loss\.discriminator\.n_stages=0"):
+    # (The option's prefix is the discriminator's config path.)
+    with pytest.raises(LensexpError, match=r"discriminator\.n_stages=0"):
         Discriminator(n_stages=0)
 
 
@@ -184,80 +188,97 @@ def test_gan_loss_known_values():
         GANLoss("wgan")
 
 
-def _tiny_gan_loss(warmup: int = 0) -> SuperResolutionLoss:
-    return SuperResolutionLoss(
-        pixel=PixelLoss("l1", 1.0),
-        adversarial=GANLoss("vanilla", 5e-3),
-        discriminator=Discriminator(channels=8, n_stages=2, hidden=16),
-        discriminator_warmup_steps=warmup,
-    )
+def test_gan_discriminator_loss():
+    gan = GANLoss("hinge", weight=0.5)
+    real, fake = torch.tensor([0.5, 2.0]), torch.tensor([-2.0, 1.0])
+    total, terms = gan.discriminator_loss(real, fake)
+    assert terms["real"].item() == pytest.approx(0.25)  # relu(1 - x): 0.5, 0
+    assert terms["fake"].item() == pytest.approx(1.0)  # relu(1 + x): 0, 2
+    assert total.item() == pytest.approx(1.25)  # unweighted, as in BasicSR
+    assert (terms["real_logit"].item(), terms["fake_logit"].item()) == (1.25, -0.5)
 
 
-def test_gan_step_updates_both_networks():
-    gen = SRResNet(n_blocks=1, channels=8)
-    loss = _tiny_gan_loss()
-    disc = loss.discriminator
-    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
-    lr, hr = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 32, 32)
-    gen_before = [p.detach().clone() for p in gen.parameters()]
-    disc_before = [p.detach().clone() for p in disc.parameters()]
+def test_superres_loss_is_a_function_of_its_inputs():
+    loss = SuperResolutionLoss(pixel=PixelLoss("l1", 1.0), adversarial=GANLoss("vanilla", 5e-3))
+    assert list(loss.parameters()) == [] and list(loss.state_dict()) == []
+    sr, hr = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
+    logits = torch.randn(4, 1, requires_grad=True)
 
-    sr = gen(lr)
-    total, terms = loss(sr, hr, step=0)
+    # The adversarial term only when the discriminator's logits of sr are given.
+    total, terms = loss(sr, hr)
+    assert set(terms) == {"pixel"}
+    torch.testing.assert_close(total, F.l1_loss(sr, hr))
+    total, terms = loss(sr, hr, fake_logits=logits)
     assert set(terms) == {"pixel", "adversarial"}
+    expected = 5e-3 * F.binary_cross_entropy_with_logits(logits, torch.ones(4, 1))
+    torch.testing.assert_close(terms["adversarial"], expected)
     torch.testing.assert_close(total, terms["pixel"] + terms["adversarial"])
-    opt_g.zero_grad()
     total.backward()
-    assert all(p.grad is None for p in disc.parameters())
-    assert all(p.requires_grad for p in disc.parameters())  # unfrozen again
-    opt_g.step()
-    assert any(not torch.equal(a, b) for a, b in zip(gen_before, gen.parameters(), strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(disc_before, disc.parameters(), strict=True))
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
 
-    d_total, d_terms = loss.discriminator_loss(sr, hr)
+    real = torch.randn(4, 1)
+    d_total, d_terms = loss.discriminator_loss(real, logits.detach())
     torch.testing.assert_close(d_total, d_terms["real"] + d_terms["fake"])
-    opt_d.zero_grad()
-    d_total.backward()
-    gen_grads = [p.grad.clone() for p in gen.parameters()]
-    opt_d.step()
-    assert any(not torch.equal(a, b) for a, b in zip(disc_before, disc.parameters(), strict=True))
-    # sr was detached: the discriminator step leaves the generator's gradients alone.
-    assert all(torch.equal(g, p.grad) for g, p in zip(gen_grads, gen.parameters(), strict=True))
-
-
-def test_discriminator_warmup():
-    loss = _tiny_gan_loss(warmup=10)
-    sr, hr = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
-    assert "adversarial" not in loss(sr, hr, step=9)[1]
-    assert "adversarial" in loss(sr, hr, step=10)[1]
-    assert loss.uses_discriminator and not loss.adversarial_active(0)
+    torch.testing.assert_close(d_terms["real_logit"], real.mean())
+    # Logits passed positionally would be a mistake (the old third argument was a step).
+    with pytest.raises(TypeError):
+        loss(sr, hr, logits)
 
 
 def test_superres_loss_bad_configs():
     with pytest.raises(LensexpError, match="no term configured"):
         SuperResolutionLoss()
-    with pytest.raises(LensexpError, match=r"loss\.discriminator is missing"):
-        SuperResolutionLoss(pixel=PixelLoss(), adversarial=GANLoss())
-    with pytest.raises(LensexpError, match=r"loss\.adversarial is missing"):
+    with pytest.raises(TypeError, match="discriminator"):
         SuperResolutionLoss(pixel=PixelLoss(), discriminator=Discriminator(channels=4))
+    with pytest.raises(ValueError, match="no loss.adversarial"):
+        SuperResolutionLoss(pixel=PixelLoss())(
+            torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), fake_logits=torch.zeros(1, 1)
+        )
+    with pytest.raises(ValueError, match="no fake_logits"):
+        SuperResolutionLoss(adversarial=GANLoss())(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
     assert SuperResolutionLoss.task == "superres"
     assert SuperResolutionLoss(pixel=PixelLoss()).pretrained_loaded is None
 
 
+# --- perceptual loss (VGG19) -----------------------------------------------------------------
+
+
+def _features_state(end: int, prefix: str = "features.") -> dict[str, torch.Tensor]:
+    """Random tensors shaped like torchvision's `vgg19().features[:end]` (built on meta)."""
+    with torch.device("meta"):
+        features = torchvision.models.vgg19().features[:end]
+    return {f"{prefix}{k}": 0.05 * torch.randn(v.shape) for k, v in features.state_dict().items()}
+
+
 def _save_features(path: Path, end: int, prefix: str = "features.", extra=None) -> dict:
-    state = {f"{prefix}{k}": v for k, v in vgg19_features(end).state_dict().items()}
+    state = _features_state(end, prefix)
     torch.save({**state, **(extra or {})}, path)
     return state
 
 
+def test_vgg19_layer_names_follow_torchvision():
+    layers = vgg19_layers()
+    assert len(layers) == 16 and list(layers)[:3] == ["conv1_1", "conv1_2", "conv2_1"]
+    assert (layers["conv1_1"], layers["conv2_1"], layers["conv5_4"]) == (0, 5, 34)
+    with torch.device("meta"):
+        features = torchvision.models.vgg19().features
+    assert all(isinstance(features[i], nn.Conv2d) for i in layers.values())
+    assert all(isinstance(features[i + 1], nn.ReLU) for i in layers.values())
+    # Each block's first conv follows a max pool (or is the first layer).
+    firsts = [i for name, i in layers.items() if name.endswith("_1")]
+    assert firsts[0] == 0 and all(isinstance(features[i - 1], nn.MaxPool2d) for i in firsts[1:])
+
+
 def test_perceptual_loss_local_weights(tmp_path):
-    end = VGG19_LAYERS["conv1_2"] + 1
+    end = vgg19_layers()["conv1_2"] + 1
     saved = _save_features(tmp_path / "vgg_shallow.pth", end)
     loss = PerceptualLoss(layer="conv1_2", weights=str(tmp_path / "vgg_shallow.pth"))
     assert loss.pretrained_loaded
     torch.testing.assert_close(loss.vgg[2].weight, saved["features.2.weight"])
     assert len(loss.vgg) == end  # before activation: ends on the conv
+    assert isinstance(loss.vgg[-1], nn.Conv2d)
+    after = PerceptualLoss(layer="conv1_2", weights="random", before_activation=False)
+    assert isinstance(after.vgg[-1], nn.ReLU) and len(after.vgg) == end + 1
 
     # A "full" file (deeper layers and classifier keys) and a file saved from vgg.features.
     _save_features(tmp_path / "vgg_full.pth", 10, extra={"classifier.0.weight": torch.zeros(2, 2)})
@@ -265,18 +286,79 @@ def test_perceptual_loss_local_weights(tmp_path):
     for name in ("vgg_full.pth", "vgg_features.pth"):
         assert PerceptualLoss(layer="conv1_2", weights=str(tmp_path / name)).pretrained_loaded
 
-    # The VGG is frozen and outside parameters()/state_dict(), yet gradients reach the input.
-    assert list(loss.parameters()) == [] and list(loss.state_dict()) == []
-    assert all(not p.requires_grad for p in loss.vgg.parameters())
     sr = torch.rand(2, 1, 32, 32, requires_grad=True)
     value = loss(sr, torch.rand(2, 1, 32, 32))
     value.backward()
-    assert value.item() > 0 and sr.grad.abs().sum() > 0
+    assert value.item() > 0 and sr.grad.abs().sum() > 0  # gradients reach the input
     assert loss(sr.detach(), sr.detach()).item() == 0.0
+
+
+def test_perceptual_vgg_is_a_frozen_submodule_outside_state_dict(tmp_path):
+    _save_features(tmp_path / "vgg.pth", vgg19_layers()["conv1_2"] + 1)
+    loss = PerceptualLoss(layer="conv1_2", weights=str(tmp_path / "vgg.pth"))
+    vgg = list(loss.vgg.parameters())
+    # A registered submodule: in parameters(), yet frozen, so an optimizer of the trainable
+    # parameters never sees it, and it is not saved.
+    assert dict(loss.named_children()) == {"vgg": loss.vgg}
+    assert [id(p) for p in loss.parameters()] == [id(p) for p in vgg]
+    assert not any(p.requires_grad for p in loss.parameters())
+    assert list(loss.state_dict()) == []
+    # Eval mode whatever the module's mode; dtype and device follow the module.
     loss.train()
-    assert not loss.vgg.training
+    assert loss.training and not loss.vgg.training
+    assert not any(m.training for m in loss.vgg.modules())
     loss.to(torch.float64)
     assert loss.vgg[0].weight.dtype == torch.float64 and loss.mean.dtype == torch.float64
+    assert loss(torch.rand(1, 1, 8, 8, dtype=torch.float64), torch.rand(1, 1, 8, 8)).isfinite()
+    loss.eval()
+    assert not loss.vgg.training
+
+    # Inside a bigger module: out of its state dict too, and a strict load keeps the VGG.
+    def build(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        module = nn.Module()
+        module.head = nn.Linear(2, 2)
+        module.loss = PerceptualLoss(layer="conv1_2", weights="random")
+        return module
+
+    a, b = build(0), build(1)
+    vgg_b = [p.detach().clone() for p in b.loss.vgg.parameters()]
+    state = a.state_dict()
+    assert set(state) == {"head.weight", "head.bias"}
+    assert not any(k.startswith("loss.vgg") for k in getattr(state, "_metadata", {}))
+    assert b.load_state_dict(state) is not None  # strict: nothing missing, nothing unexpected
+    torch.testing.assert_close(b.head.weight, a.head.weight)
+    assert all(torch.equal(x, y) for x, y in zip(vgg_b, b.loss.vgg.parameters(), strict=True))
+
+
+def test_perceptual_random_weights_are_torchvisions_initialisation():
+    loss = PerceptualLoss(layer="conv1_1", weights="random")
+    assert loss.pretrained_loaded is False
+    conv = loss.vgg[0]
+    # torchvision's VGG init: kaiming normal (fan out, ReLU) and zero biases.
+    assert torch.count_nonzero(conv.bias) == 0
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.15)
+
+
+def test_perceptual_imagenet_goes_through_the_torchvision_loader(monkeypatch):
+    requested = []
+
+    def fetch(weights):
+        requested.append(weights)
+        with torch.device("meta"):
+            shapes = torchvision.models.vgg19().state_dict()
+        # Features with distinct values; the big classifier as cheap zeros.
+        return {
+            k: torch.zeros(v.shape) if k.startswith("classifier.") else torch.full(v.shape, i + 1.0)
+            for i, (k, v) in enumerate(shapes.items())
+        }
+
+    monkeypatch.setattr(weights_module, "fetch_torchvision_weights", fetch)
+    loss = PerceptualLoss(layer="conv1_2", weights="imagenet")
+    assert requested == [torchvision.models.VGG19_Weights.IMAGENET1K_V1]
+    assert loss.pretrained_loaded is True and len(loss.vgg) == 3
+    values = [float(t.unique()) for t in loss.vgg.state_dict().values()]
+    assert values == [1.0, 2.0, 3.0, 4.0]  # features.0.weight/bias, features.2.weight/bias
 
 
 def test_perceptual_loss_weight_errors(tmp_path):
@@ -302,27 +384,6 @@ def test_perceptual_imagenet_offline_names_remedies(monkeypatch):
     assert "loss.weights=imagenet" in message
     assert "vgg19-dcbb9e9d.pth" in message and "TORCH_HOME" in message
     assert "loss.weights=/path/to/weights.pth" in message
-
-
-def test_checkpoint_round_trip_with_perceptual_and_discriminator():
-    def build():
-        module = nn.Module()
-        module.generator = SRResNet(n_blocks=1, channels=8)
-        module.loss = SuperResolutionLoss(
-            pixel=PixelLoss("l1", 1e-2),
-            perceptual=PerceptualLoss(layer="conv1_2", weights="random"),
-            adversarial=GANLoss(),
-            discriminator=Discriminator(channels=8, n_stages=2, hidden=16),
-        )
-        return module
-
-    a, b = build(), build()
-    state = a.state_dict()
-    assert not any(".vgg." in k for k in state)
-    assert any(k.startswith("loss.discriminator.") for k in state)
-    b.load_state_dict(state)  # strict, as Lightning restores
-    for k, v in state.items():
-        torch.testing.assert_close(b.state_dict()[k], v)
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -378,26 +439,55 @@ def test_bicubic_upsample():
 
 
 @pytest.mark.parametrize("name", ["mse", "l1", "vgg", "adversarial", "srgan"])
-def test_loss_configs_instantiate(name):
-    cfg = OmegaConf.load(CONF_LOSS / f"{name}.yaml")
+def test_loss_configs_instantiate(tmp_path, name):
+    cfg = compose_cfg(tmp_path, ["model=srresnet", f"loss={name}"]).loss
     if "perceptual" in cfg:
         assert cfg.perceptual.layer == "conv5_4" and cfg.perceptual.before_activation
         assert cfg.weights == "imagenet"
         # Offline and fast: random weights on a shallow layer.
         cfg.weights = "random"
-        cfg.perceptual.layer = "conv1_2"
+        cfg.perceptual.layer = "conv1_1"
     if "adversarial" in cfg:
         assert cfg.adversarial.weight == 5e-3
     loss = hydra.utils.instantiate(cfg)
     assert isinstance(loss, SuperResolutionLoss) and loss.task == "superres"
-    assert loss.uses_discriminator == (name in ("adversarial", "srgan"))
+    gan = name in ("adversarial", "srgan")
+    assert (loss.adversarial is not None) == gan
     sr, hr = torch.rand(2, 1, 32, 32, requires_grad=True), torch.rand(2, 1, 32, 32)
-    total, terms = loss(sr, hr)
+    total, terms = loss(sr, hr, fake_logits=torch.zeros(2, 1) if gan else None)
     expected = {"pixel"} | ({"perceptual"} if "perceptual" in cfg else set())
-    expected |= {"adversarial"} if loss.uses_discriminator else set()
+    expected |= {"adversarial"} if gan else set()
     assert set(terms) == expected
     total.backward()
     assert sr.grad is not None
+
+
+def test_srgan_is_vgg_plus_the_gan_term(tmp_path):
+    # The SRGAN/ESRGAN recipe of BasicSR, composed from loss=vgg and loss=adversarial.
+    cfg = compose_cfg(tmp_path, ["model=srresnet", "loss=srgan"])
+    assert OmegaConf.to_container(cfg.loss) == {
+        "_target_": "lensexp.losses.superres.SuperResolutionLoss",
+        "weights": "imagenet",
+        "pixel": {"_target_": "lensexp.losses.pixel.PixelLoss", "criterion": "l1", "weight": 1e-2},
+        "perceptual": {
+            "_target_": "lensexp.losses.perceptual.PerceptualLoss",
+            "_partial_": True,
+            "layer": "conv5_4",
+            "before_activation": True,
+            "criterion": "l1",
+            "weight": 1.0,
+        },
+        "adversarial": {
+            "_target_": "lensexp.losses.adversarial.GANLoss",
+            "gan_type": "vanilla",
+            "weight": 5e-3,
+        },
+    }
+    vgg = compose_cfg(tmp_path, ["model=srresnet", "loss=vgg"])
+    adversarial = compose_cfg(tmp_path, ["model=srresnet", "loss=adversarial"])
+    assert (vgg.loss.pixel.weight, adversarial.loss.pixel.weight) == (1e-2, 1.0)
+    # The same adversarial module and discriminator as loss=adversarial.
+    assert cfg.model == adversarial.model
 
 
 def test_loss_weights_build_the_perceptual_term():

@@ -1,11 +1,13 @@
-"""SuperResolutionModule (training with each loss kind, validation metrics, EMA, schedulers under
-manual optimisation), the super-resolution report, and the SR configs.
+"""SuperResolutionModule and AdversarialSRModule: training with each loss kind, the generator and
+discriminator steps, validation metrics, EMA, checkpoints, schedulers and gradient clipping
+under manual optimisation, the super-resolution report, and the SR configs.
 
-Images are 16 -> 32 px and generators tiny, so every Lightning run takes about a second.
+Images are 16 -> 32 px and networks tiny, so every Lightning run takes about a second.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import partial
 from pathlib import Path
@@ -15,17 +17,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lensexp.errors import LensexpError
-from lensexp.losses.perceptual import VGG19_LAYERS, vgg19_features
+from lensexp.losses.adversarial import GANLoss
+from lensexp.losses.perceptual import vgg19_layers
+from lensexp.losses.pixel import PixelLoss
+from lensexp.losses.superres import SuperResolutionLoss
 from lensexp.metrics.superres import SRMetrics, bicubic_upsample
+from lensexp.models.discriminator import Discriminator
 from lensexp.models.srresnet import SRResNet
 from lensexp.reporting.superres import output_names, write_superres_report
-from lensexp.tasks.superres import SuperResolutionModule
+from lensexp.tasks.superres import AdversarialSRModule, SuperResolutionModule
 from tests.helpers import CONF, RefGenerator, compose_cfg, make_superres_folder, randomise_prelus
 
 VAL_KEYS = [
@@ -41,40 +49,64 @@ def _seed() -> None:
 
 
 # -- builders ---------------------------------------------------------------------------------
+def compose(overrides: list[str]) -> DictConfig:
+    return compose_cfg(Path("outputs/test"), overrides)
+
+
 def tiny_generator(**kwargs) -> SRResNet:
     options = dict(scale=2, n_blocks=1, channels=8, batch_norm=False) | kwargs
     return SRResNet(**options)
 
 
-def loss_from_conf(name: str, tmp_path: Path | None = None, warmup: int = 0) -> nn.Module:
-    """conf/loss/<name>.yaml, with a small discriminator and a local random VGG19 file."""
-    cfg = OmegaConf.load(CONF / "loss" / f"{name}.yaml")
-    if "perceptual" in cfg:
-        cfg.perceptual.layer = "conv2_2"  # a 1 MB weights file instead of conv5_4's 80 MB
-        path = tmp_path / "vgg19.pth"
-        if not path.exists():
-            end = VGG19_LAYERS[cfg.perceptual.layer] + 1
-            features = vgg19_features(end).state_dict()
-            torch.save({f"features.{k}": v for k, v in features.items()}, path)
-        cfg.weights = str(path)
-    if "discriminator" in cfg:
-        cfg.discriminator.update(channels=8, n_stages=2, hidden=16)
-        cfg.discriminator_warmup_steps = warmup
-    return instantiate(cfg)
+def tiny_discriminator() -> Discriminator:
+    return Discriminator(channels=8, n_stages=2, hidden=16)
 
 
-def make_module(loss: nn.Module | str = "mse", generator: nn.Module | None = None, **kwargs):
-    options = dict(optimizer=partial(torch.optim.Adam, lr=1e-3), scale=2, scheduler=None)
-    return SuperResolutionModule(
+def vgg_file(folder: Path, layer: str = "conv2_2") -> Path:
+    """A VGG19 `features` state dict up to `layer`, random (conv5_4's would be 80 MB)."""
+    path = folder / f"vgg19_{layer}.pth"
+    if not path.exists():
+        with torch.device("meta"):
+            features = torchvision.models.vgg19().features[: vgg19_layers()[layer] + 1]
+        state = {
+            f"features.{k}": 0.05 * torch.randn(v.shape) for k, v in features.state_dict().items()
+        }
+        torch.save(state, path)
+    return path
+
+
+def make_loss(name: str, tmp_path: Path | None = None) -> SuperResolutionLoss:
+    """`loss=<name>` as train.py composes it; a VGG from a local file, cut at conv2_2."""
+    overrides = ["model=srresnet", f"loss={name}"]
+    if name in ("vgg", "srgan"):
+        overrides += [f"loss.weights={vgg_file(tmp_path)}", "loss.perceptual.layer=conv2_2"]
+    return instantiate(compose(overrides).loss)
+
+
+def make_module(
+    loss: nn.Module | str = "mse", generator: nn.Module | None = None, **kwargs
+) -> SuperResolutionModule:
+    """The module the loss needs (with a GAN term: the adversarial one, a tiny discriminator)."""
+    loss = make_loss(loss) if isinstance(loss, str) else loss
+    options = dict(
         generator=generator if generator is not None else tiny_generator(),
-        loss=loss_from_conf(loss) if isinstance(loss, str) else loss,
-        **(options | kwargs),
+        loss=loss,
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+        scale=2,
+        scheduler=None,
     )
+    if getattr(loss, "adversarial", None) is None:
+        return SuperResolutionModule(**(options | kwargs))
+    return AdversarialSRModule(**(options | {"discriminator": tiny_discriminator()} | kwargs))
 
 
 def pairs(n: int = 8, lr_size: int = 16) -> TensorDataset:
-    """HR noise smoothed a little (so SSIM is meaningful) and its 2x2 block mean as LR."""
-    hr = F.avg_pool2d(torch.rand(n, 1, 2 * lr_size + 2, 2 * lr_size + 2), 3, stride=1)
+    """HR noise smoothed a little (so SSIM is meaningful) and its 2x2 block mean as LR; the
+    same every call."""
+    noise = torch.rand(
+        n, 1, 2 * lr_size + 2, 2 * lr_size + 2, generator=torch.Generator().manual_seed(0)
+    )
+    hr = F.avg_pool2d(noise, 3, stride=1)
     return TensorDataset(F.avg_pool2d(hr, 2), hr)
 
 
@@ -98,8 +130,10 @@ def trainer(**kwargs) -> L.Trainer:
 
 
 def fit(module: SuperResolutionModule, **kwargs) -> L.Trainer:
+    """Fit on 2 batches of 4, validate on one."""
+    data = loader()
     t = trainer(**kwargs)
-    t.fit(module, train_dataloaders=loader(), val_dataloaders=loader())
+    t.fit(module, train_dataloaders=data, val_dataloaders=data)
     return t
 
 
@@ -111,14 +145,55 @@ def changed(before: list[torch.Tensor], module: nn.Module) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
+def optimized_ids(optimizer: torch.optim.Optimizer) -> set[int]:
+    return {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+
+def gradients(module: nn.Module) -> dict[str, torch.Tensor | None]:
+    return {
+        name: None if p.grad is None else p.grad.detach().clone()
+        for name, p in module.named_parameters()
+    }
+
+
+class Gradients(Callback):
+    """Every parameter's gradient when an optimizer is about to step (before the module's own
+    clipping, which runs after the callbacks' hook) and at the end of each batch."""
+
+    def __init__(self) -> None:
+        self.before_step: list[dict[str, torch.Tensor | None]] = []
+        self.after_batch: list[dict[str, torch.Tensor | None]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.before_step.append(gradients(pl_module))
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.after_batch.append(gradients(pl_module))
+
+
+class GeneratorWeights(Callback):
+    """The generator's parameters after each training batch (after its optimizer step)."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.steps.append(snapshot(pl_module.generator))
+
+
+def norm(grads: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+
 # -- training ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["mse", "l1", "vgg", "adversarial"])
+@pytest.mark.parametrize("name", ["mse", "l1", "vgg", "adversarial", "srgan"])
 def test_training_with_each_loss(tmp_path: Path, name: str) -> None:
-    module = make_module(loss_from_conf(name, tmp_path))
-    assert module.automatic_optimization == (name != "adversarial")
+    module = make_module(make_loss(name, tmp_path))
+    adversarial = name in ("adversarial", "srgan")
+    assert isinstance(module, AdversarialSRModule) == adversarial
+    assert module.automatic_optimization == (not adversarial)
     gen_before = snapshot(module.generator)
-    disc = module.loss.discriminator
-    disc_before = snapshot(disc) if disc is not None else None
+    disc_before = snapshot(module.discriminator) if adversarial else None
 
     t = fit(module)
 
@@ -127,32 +202,75 @@ def test_training_with_each_loss(tmp_path: Path, name: str) -> None:
     assert module.generator_steps == 2
     assert "train/loss" in metrics and "train/loss_pixel" in metrics
     assert set(VAL_KEYS) <= set(metrics)
-    if name == "vgg":
+    gen_ids = {id(p) for p in module.generator.parameters()}
+    if name in ("vgg", "srgan"):
         assert "train/loss_perceptual" in metrics and module.hparams.loss["pretrained_loaded"]
-    if name == "adversarial":
-        assert changed(disc_before, disc)
+        # The VGG is a registered submodule, yet frozen and in no optimizer.
+        vgg = list(module.loss.perceptual.vgg.parameters())
+        assert vgg and {id(p) for p in vgg} <= {id(p) for p in module.parameters()}
+        assert not any(p.requires_grad for p in vgg)
+        assert not any(id(p) in optimized_ids(o) for o in t.optimizers for p in vgg)
+        # ... and not in checkpoints: a fresh module loads the state dict strictly.
+        state = module.state_dict()
+        assert not any(".vgg." in k for k in state)
+        make_module(make_loss(name, tmp_path)).load_state_dict(state)
+    if adversarial:
+        assert changed(disc_before, module.discriminator)
         assert {"train/d_loss", "train/loss_adversarial", "train/d_real_logit"} <= set(metrics)
+        assert {"train/d_loss_real", "train/d_loss_fake", "train/d_fake_logit"} <= set(metrics)
         # Two optimizers, over disjoint parameter sets.
         opt_g, opt_d = t.optimizers
-        gen_ids = {id(p) for g in opt_g.param_groups for p in g["params"]}
-        disc_ids = {id(p) for g in opt_d.param_groups for p in g["params"]}
-        assert gen_ids == {id(p) for p in module.generator.parameters()}
-        assert disc_ids == {id(p) for p in disc.parameters()}
+        assert optimized_ids(opt_g) == gen_ids
+        assert optimized_ids(opt_d) == {id(p) for p in module.discriminator.parameters()}
     else:
         (opt,) = t.optimizers
-        assert {id(p) for g in opt.param_groups for p in g["params"]} == {
-            id(p) for p in module.generator.parameters()
-        }
+        assert optimized_ids(opt) == gen_ids
 
 
-def test_discriminator_warmup_leaves_out_the_gan_term(tmp_path: Path) -> None:
-    module = make_module(loss_from_conf("adversarial", warmup=100))
-    disc_before = snapshot(module.loss.discriminator)
+def test_generator_step_backpropagates_through_the_frozen_discriminator() -> None:
+    # A heavy GAN term, so that its share of the generator's gradients is plain to see.
+    loss = SuperResolutionLoss(pixel=PixelLoss("l1", 1.0), adversarial=GANLoss("vanilla", 1.0))
+    module = make_module(loss)
+    generator, discriminator = copy.deepcopy(module.generator), copy.deepcopy(module.discriminator)
+    disc_before = snapshot(module.discriminator)
+    record = Gradients()
+    fit(module, limit_train_batches=1, callbacks=[record])
+
+    g_step, d_step = record.before_step
+    # The generator step: the discriminator's parameters got no gradient ...
+    assert all(g is None for n, g in g_step.items() if n.startswith("discriminator."))
+    # ... while gradients passed through it: the generator's are those of pixel + GAN term.
+    lr, hr = next(iter(loader()))
+    sr = generator(lr)
+    pixel = loss.pixel(sr, hr)
+    pixel_only = torch.autograd.grad(pixel, list(generator.parameters()), retain_graph=True)
+    (pixel + loss.adversarial(discriminator(sr), True)).backward()
+    for (name, p), without_gan in zip(generator.named_parameters(), pixel_only, strict=True):
+        torch.testing.assert_close(g_step[f"generator.{name}"], p.grad, rtol=1e-5, atol=1e-7)
+        assert not torch.allclose(p.grad, without_gan, rtol=1e-3, atol=1e-6)
+    # The discriminator step: every discriminator parameter has a gradient, and moved.
+    assert all(
+        d_step[f"discriminator.{n}"] is not None for n, _ in discriminator.named_parameters()
+    )
+    assert changed(disc_before, module.discriminator)
+    assert all(p.requires_grad for p in module.discriminator.parameters())
+    assert all(p.requires_grad for p in module.generator.parameters())
+
+
+def test_discriminator_warmup_leaves_out_the_gan_term() -> None:
+    module = make_module("adversarial", discriminator_warmup_steps=100)
+    assert module.hparams["discriminator_warmup_steps"] == 100
+    disc_before = snapshot(module.discriminator)
     metrics = fit(module).callback_metrics
-    assert "train/loss_adversarial" not in metrics and "train/loss_pixel" in metrics
+    assert not {"train/loss_adversarial", "val/loss_adversarial"} & set(metrics)
+    assert "train/loss_pixel" in metrics
     # The discriminator trains during the generator's warm-up.
-    assert "train/d_loss" in metrics and changed(disc_before, module.loss.discriminator)
+    assert "train/d_loss" in metrics and changed(disc_before, module.discriminator)
     torch.testing.assert_close(metrics["train/loss"], metrics["train/loss_pixel"])
+    # After the warm-up, validation's loss includes the GAN term.
+    module = make_module("adversarial", discriminator_warmup_steps=2)
+    metrics = fit(module).callback_metrics
+    assert "train/loss_adversarial" not in metrics and "val/loss_adversarial" in metrics
 
 
 def test_hparams_record_choices_not_modules() -> None:
@@ -163,6 +281,13 @@ def test_hparams_record_choices_not_modules() -> None:
     assert hp["scale"] == 2 and hp["pretrained"] is None and hp["ema_decay"] is None
     assert hp["pretrained_loaded"] is False and hp["generator"] == "SRResNet"
     assert hp["loss"] == {"task": "superres", "pixel_criterion": "mse", "pixel_weight": 1.0}
+
+    hp = make_module("adversarial", gradient_clip_val=0.5).hparams
+    assert not any(isinstance(v, nn.Module) or callable(v) for v in hp.values())
+    assert hp["discriminator"] == "Discriminator" and hp["discriminator_parameters"] > 0
+    assert (hp["discriminator_warmup_steps"], hp["gradient_clip_val"]) == (0, 0.5)
+    assert hp["gradient_clip_algorithm"] == "norm"
+    assert (hp["loss"]["gan_type"], hp["loss"]["gan_weight"]) == ("vanilla", 5e-3)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -214,40 +339,109 @@ def test_tensorboard_image_grid(tmp_path: Path) -> None:
 
 
 # -- EMA --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mse", "adversarial"])
+def test_ema_is_the_average_of_the_steps(name: str) -> None:
+    decay = 0.6
+    generator = tiny_generator(batch_norm=True)
+    module = make_module(
+        name, generator, ema_decay=decay, optimizer=partial(torch.optim.SGD, lr=0.1)
+    )
+    expected = snapshot(generator)
+    weights = GeneratorWeights()
+    fit(module, callbacks=[weights])
+
+    assert len(weights.steps) == 2
+    for step in weights.steps:
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, step, strict=True)]
+    averaged = list(module.generator_ema.module.parameters())
+    for a, e in zip(averaged, expected, strict=True):
+        torch.testing.assert_close(a, e)
+    assert changed(snapshot(module.generator), module.generator_ema.module)
+    # Batch-norm statistics are the generator's current ones, not averaged.
+    buffers = list(module.generator.buffers())
+    assert len(buffers) > 0
+    for a, b in zip(module.generator_ema.module.buffers(), buffers, strict=True):
+        assert torch.equal(a, b)
+    assert not any(p.requires_grad for p in averaged)
+
+
 def test_ema_validates_with_averaged_weights_and_is_checkpointed(tmp_path: Path) -> None:
     module = make_module(ema_decay=0.5, optimizer=partial(torch.optim.Adam, lr=1e-2))
     assert module.inference_generator is module.generator_ema
     t = fit(module)
     raw, ema = module.generator, module.generator_ema
-    assert changed(snapshot(raw), ema)
-    assert not any(p.requires_grad for p in ema.parameters())
+    assert changed(snapshot(raw), ema.module)
 
     val = loader()
     lr, hr = next(iter(val))
     with torch.no_grad():
-        torch.testing.assert_close(module(lr), ema(lr))
-        assert not torch.allclose(ema(lr), raw(lr))
+        torch.testing.assert_close(module(lr), ema.module(lr))
+        assert not torch.allclose(ema.module(lr), raw(lr))
     (metrics,) = t.validate(module, val, verbose=False)
     expected = SRMetrics()
     with torch.no_grad():
-        expected.update(ema(lr), hr)
+        expected.update(ema.module(lr), hr)
     assert metrics["val/psnr"] == pytest.approx(float(expected.compute()["psnr"]), rel=1e-5)
 
     path = tmp_path / "ema.ckpt"
     t.save_checkpoint(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    assert any(k.startswith("generator_ema.") for k in checkpoint["state_dict"])
+    assert any(k.startswith("generator_ema.module.") for k in checkpoint["state_dict"])
     assert checkpoint["generator_steps"] == 2 and "psnr_best.max_value" in checkpoint["state_dict"]
     # As evaluate.py does: rebuild from config, then load the state dict.
     fresh = make_module(ema_decay=0.5)
     fresh.load_state_dict(checkpoint["state_dict"])
     for a, b in zip(fresh.generator_ema.parameters(), ema.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+    assert int(fresh.generator_ema.n_averaged) == int(ema.n_averaged) == 3
     # The raw generator's weights are what `model.pretrained=<ckpt>` picks up.
     warm = make_module(pretrained=str(path))
     assert warm.hparams["pretrained_loaded"] is True
     for a, b in zip(warm.generator.parameters(), raw.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_adversarial_checkpoint_round_trip(tmp_path: Path) -> None:
+    spec = {
+        "scheduler": partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+        "interval": "step",
+    }
+    module = make_module("adversarial", ema_decay=0.9, scheduler=spec)
+    t = fit(module)
+    path = tmp_path / "gan.ckpt"
+    t.save_checkpoint(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    keys = set(checkpoint["state_dict"])
+    assert any(k.startswith("discriminator.") for k in keys)
+    assert any(k.startswith("generator_ema.module.") for k in keys)
+    assert not any(k.startswith("loss.") for k in keys)  # the loss trains nothing
+    assert len(checkpoint["optimizer_states"]) == len(checkpoint["lr_schedulers"]) == 2
+    assert checkpoint["generator_steps"] == 2
+
+    torch.manual_seed(1)
+    fresh = make_module("adversarial", ema_decay=0.9, scheduler=spec)
+    assert changed(snapshot(module.discriminator), fresh.discriminator)
+    # Resuming a finished run restores everything and trains no further.
+    resumed = trainer()
+    resumed.fit(fresh, loader(), loader(), ckpt_path=path)
+    assert fresh.generator_steps == 2
+    for original, restored in (
+        (module.discriminator, fresh.discriminator),
+        (module.generator_ema, fresh.generator_ema),
+        (module.generator, fresh.generator),
+    ):
+        a, b = original.state_dict(), restored.state_dict()
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            torch.testing.assert_close(b[key], value)
+    for original, restored in zip(t.optimizers, resumed.optimizers, strict=True):
+        a, b = original.state_dict(), restored.state_dict()
+        assert a["param_groups"] == b["param_groups"] and a["param_groups"][0]["lr"] == 2.5e-4
+        assert len(a["state"]) == len(b["state"]) > 0
+        for i, state in a["state"].items():
+            for name, value in state.items():
+                torch.testing.assert_close(b["state"][i][name], value)
+    assert [c.scheduler.last_epoch for c in resumed.lr_scheduler_configs] == [2, 2]
 
 
 def test_bad_options() -> None:
@@ -257,10 +451,25 @@ def test_bad_options() -> None:
         make_module(ema_decay=1.5)
     with pytest.raises(LensexpError, match="not a super-resolution loss"):
         make_module(loss=nn.CrossEntropyLoss())
+    gan = make_loss("adversarial")
+    # The plain module cannot train a GAN term, the adversarial one needs it.
+    with pytest.raises(LensexpError, match=r"AdversarialSRModule, which loss=adversarial\|srgan"):
+        SuperResolutionModule(tiny_generator(), gan, partial(torch.optim.Adam), scale=2)
+    with pytest.raises(LensexpError, match=r"no adversarial term; use loss=adversarial\|srgan"):
+        AdversarialSRModule(
+            tiny_generator(), tiny_discriminator(), make_loss("mse"), torch.optim.Adam, scale=2
+        )
+    with pytest.raises(LensexpError, match=r"model\.discriminator_warmup_steps=-1"):
+        make_module(gan, discriminator_warmup_steps=-1)
+    with pytest.raises(LensexpError, match=r"model\.discriminator_warmup_steps=5 needs a pixel"):
+        make_module(SuperResolutionLoss(adversarial=GANLoss()), discriminator_warmup_steps=5)
+    with pytest.raises(LensexpError, match=r"model\.gradient_clip_val=0"):
+        make_module(gan, gradient_clip_val=0)
+    with pytest.raises(LensexpError, match=r"model\.gradient_clip_algorithm=l2: use one of"):
+        make_module(gan, gradient_clip_algorithm="l2")
 
 
 def test_pretrained_reference_generator_file(tmp_path: Path) -> None:
-
     reference = RefGenerator(n_blocks=1, c=8)
     randomise_prelus(reference)
     path = tmp_path / "reference_generator.pth"
@@ -278,7 +487,7 @@ def test_pretrained_reference_generator_file(tmp_path: Path) -> None:
         make_module(generator=tiny_generator(channels=4), pretrained=str(path))
 
 
-# -- schedulers, clipping and accumulation under manual optimisation ---------------------------
+# -- schedulers and gradient clipping under manual optimisation -------------------------------
 def _lrs(t: L.Trainer) -> list[float]:
     return [opt.param_groups[0]["lr"] for opt in t.optimizers]
 
@@ -301,25 +510,65 @@ def _lrs(t: L.Trainer) -> list[float]:
 )
 def test_gan_schedulers_are_stepped(scheduler, interval: str, expected: float) -> None:
     spec = {"scheduler": scheduler, "monitor": "val/loss", "interval": interval}
-    module = make_module(loss_from_conf("adversarial"), scheduler=spec)
+    module = make_module("adversarial", scheduler=spec)
     epochs = 1 if interval == "step" else 2
     t = fit(module, max_epochs=epochs, limit_train_batches=1 if epochs == 2 else 2)
     assert _lrs(t) == pytest.approx([expected, expected])
 
 
-def test_gan_gradient_clipping_and_accumulation() -> None:
-    clip = 1e-6
-    module = make_module(loss_from_conf("adversarial"), optimizer=partial(torch.optim.SGD, lr=1.0))
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_model_gradient_clipping(algorithm: str) -> None:
+    clip = 2.0**-10  # exact in float32
+    module = make_module(
+        "adversarial",
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
+        optimizer=partial(torch.optim.SGD, lr=1.0),
+    )
+    record = Gradients()
     before = snapshot(module.generator)
-    fit(module, gradient_clip_val=clip, limit_train_batches=1)
-    after = module.generator.parameters()
-    step = torch.cat([(a - b).flatten() for a, b in zip(before, after, strict=True)])
-    assert 0 < step.norm() <= clip * 1.001
+    fit(module, limit_train_batches=1, callbacks=[record])
+    # Before clipping (each network's own step), and after the batch (clipped in place).
+    g_step, d_step = record.before_step
+    (after,) = record.after_batch
+    for prefix, raw in (("generator.", g_step), ("discriminator.", d_step)):
+        names = [n for n, g in raw.items() if n.startswith(prefix) and g is not None]
+        unclipped, clipped = [raw[n] for n in names], [after[n] for n in names]
+        if algorithm == "norm":
+            assert norm(unclipped) > clip and norm(clipped) <= clip * (1 + 1e-4)
+            for a, b in zip(unclipped, clipped, strict=True):  # scaled, not cut
+                torch.testing.assert_close(b, a * clip / norm(unclipped), rtol=1e-4, atol=1e-10)
+        else:
+            assert max(float(g.abs().max()) for g in unclipped) > clip
+            assert max(float(g.abs().max()) for g in clipped) <= clip
+    # SGD with lr 1: the generator moved by exactly its clipped gradient.
+    if algorithm == "norm":
+        moved = zip(before, module.generator.parameters(), strict=True)
+        assert 0 < torch.cat([(a - b).flatten() for a, b in moved]).norm() <= clip * 1.001
 
-    with pytest.raises(LensexpError, match=r"trainer\.accumulate_grad_batches=2"):
-        fit(make_module(loss_from_conf("adversarial")), accumulate_grad_batches=2)
-    # Validation and prediction don't care.
-    trainer(accumulate_grad_batches=2).validate(module, loader(), verbose=False)
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ({"gradient_clip_val": 1.0}, "set model.gradient_clip_val=1.0 instead"),
+        ({"gradient_clip_algorithm": "value"}, "set model.gradient_clip_algorithm=value instead"),
+        ({"accumulate_grad_batches": 2}, "trainer.accumulate_grad_batches=2: not supported"),
+    ],
+    ids=["clip_val", "clip_algorithm", "accumulate"],
+)
+def test_trainer_clipping_and_accumulation_are_refused(setting: dict, message: str) -> None:
+    module = make_module("adversarial")
+    t = trainer(**setting)
+    with pytest.raises(LensexpError) as err:
+        t.fit(module, loader(), loader())
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert (t.gradient_clip_val, t.accumulate_grad_batches) == (
+        setting.get("gradient_clip_val"),
+        setting.get("accumulate_grad_batches", 1),
+    )  # read, not changed
+    # Validation and prediction don't care; the plain module clips as Lightning does.
+    trainer(**setting).validate(module, loader(), verbose=False)
+    fit(make_module(), **setting)
 
 
 # -- prediction and the report ----------------------------------------------------------------
@@ -341,10 +590,11 @@ def test_predict_and_report(tmp_path: Path) -> None:
     assert outputs[0]["sr_samples"].shape == (3, 1, 32, 32) and "sr_samples" not in outputs[1]
     assert "sr" not in outputs[0]  # SR images of every item only when asked for
 
-    module.keep_sr_images = True
-    outputs = t.predict(module, datamodule=dm)
     files = dm.files["val"]
-    report = write_superres_report(tmp_path / "report", outputs, files, save_outputs=True)
+    module.keep_outputs = True
+    outputs = t.predict(module, datamodule=dm)
+    assert outputs[0]["sr"].shape == (4, 1, 32, 32)
+    report = module.write_report(outputs, files, tmp_path / "report")
 
     assert set(report) == {"mse", "psnr", "ssim", "n", "bicubic"}
     assert set(report["bicubic"]) == {"mse", "psnr", "ssim"} and report["n"] == 5
@@ -363,11 +613,13 @@ def test_predict_and_report(tmp_path: Path) -> None:
     with torch.no_grad():
         np.testing.assert_allclose(first, module(lr).clamp(0, 1)[0].numpy(), atol=1e-6)
 
-    with pytest.raises(ValueError, match="keep_sr_images"):
-        module.keep_sr_images = False
-        write_superres_report(
-            tmp_path / "again", t.predict(module, datamodule=dm), files, save_outputs=True
-        )
+    # Without keep_outputs: the same report, no SR images.
+    module.keep_outputs = False
+    outputs = t.predict(module, datamodule=dm)
+    assert module.write_report(outputs, files, tmp_path / "again") == report
+    assert not (tmp_path / "again" / "sr").exists()
+    with pytest.raises(ValueError, match=r"save_outputs=True\): needs"):
+        write_superres_report(tmp_path / "again", outputs, files, save_outputs=True)
 
 
 def test_report_output_names_when_names_repeat() -> None:
@@ -377,10 +629,6 @@ def test_report_output_names_when_names_repeat() -> None:
 
 
 # -- configs ------------------------------------------------------------------------------------
-def compose(overrides: list[str]) -> DictConfig:
-    return compose_cfg(Path("outputs/test"), overrides)
-
-
 def test_srresnet_config_selects_superres_data_and_mse() -> None:
     cfg = compose(["model=srresnet"])
     assert cfg.data._target_.endswith("SuperResolutionDataModule")
@@ -391,10 +639,36 @@ def test_srresnet_config_selects_superres_data_and_mse() -> None:
     module = instantiate(
         cfg.model, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer), scale=2
     )
-    assert isinstance(module, SuperResolutionModule) and module.generator.scale == 2
+    assert type(module) is SuperResolutionModule and module.generator.scale == 2
 
     cfg = compose(["model=srresnet", "loss=vgg"])
     assert cfg.loss.perceptual.layer == "conv5_4"
+    assert cfg.model._target_.endswith(".SuperResolutionModule")
+
+
+@pytest.mark.parametrize("loss", ["adversarial", "srgan"])
+def test_gan_losses_select_the_adversarial_module(loss: str) -> None:
+    cfg = compose(["model=srresnet", f"loss={loss}", "model.discriminator.channels=8"])
+    assert "discriminator" not in cfg.loss and "discriminator_warmup_steps" not in cfg.loss
+    model = OmegaConf.to_container(cfg.model)
+    assert model["_target_"] == "lensexp.tasks.superres.AdversarialSRModule"
+    assert model["discriminator"] == {
+        "_target_": "lensexp.models.discriminator.Discriminator",
+        "in_channels": 1, "channels": 8, "n_stages": 4, "batch_norm": True, "pool_size": 4,
+        "hidden": 1024,
+    }  # fmt: skip
+    assert model["discriminator_warmup_steps"] == 0 and model["gradient_clip_val"] is None
+    assert model["generator"]["_target_"].endswith("SRResNet") and "ema_decay" in model
+    # Every key fits the constructor.
+    cfg.model.discriminator.update(n_stages=2, hidden=16)
+    if loss == "srgan":
+        cfg.loss.weights = "random"
+        cfg.loss.perceptual.layer = "conv1_1"
+    module = instantiate(
+        cfg.model, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer), scale=2
+    )
+    assert isinstance(module, AdversarialSRModule)
+    assert isinstance(module.discriminator, Discriminator)
 
 
 EXPERIMENTS = sorted(
@@ -408,7 +682,8 @@ EXPERIMENTS = sorted(
 def test_experiments_compose(name: str) -> None:
     cfg = compose([f"experiment={name}"])
     OmegaConf.to_container(cfg, resolve=True)
-    assert cfg.model._target_.endswith("SuperResolutionModule")
+    module = "AdversarialSRModule" if name == "trail_adversarial" else "SuperResolutionModule"
+    assert cfg.model._target_ == f"lensexp.tasks.superres.{module}"
     assert cfg.data._target_.endswith("SuperResolutionDataModule")
     assert (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()[1].startswith("# ")
     generator = instantiate(cfg.model.generator)
@@ -422,4 +697,5 @@ def test_experiments_compose(name: str) -> None:
         assert cfg.data.batch_size == 16 and cfg.scheduler.monitor == "val/loss"
         assert (cfg.scheduler.scheduler.factor, cfg.scheduler.scheduler.patience) == (0.1, 1)
     if name == "trail_adversarial":
-        assert "discriminator" in cfg.loss
+        assert isinstance(instantiate(cfg.model.discriminator), Discriminator)
+        assert "adversarial" in cfg.loss and "discriminator" not in cfg.loss

@@ -1,6 +1,6 @@
 """Super-resolution through the training and evaluation entry points: `model=srresnet` with
-every loss, best-checkpoint selection by PSNR (mode max), evaluate.py on the checkpoint and on
-reference-format generator weights."""
+every loss, best-checkpoint selection by PSNR (mode max), adversarial training's settings and
+checkpoints, evaluate.py on a checkpoint and on reference-format generator weights."""
 
 from __future__ import annotations
 
@@ -11,20 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
+from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate
-from lensexp.losses.perceptual import VGG19_LAYERS, vgg19_features
+from lensexp.losses.perceptual import vgg19_layers
 from lensexp.metrics.superres import per_image_metrics
 from lensexp.training import check_compatible, train
-from tests.helpers import RefGenerator, compose_cfg
+from tests.helpers import RefGenerator, compose_cfg, make_superres_folder
 
 
 def vgg_file(tmp_path: Path, layer: str = "conv2_2") -> Path:
     """A random VGG19 `features` state dict up to `layer` (conv5_4's would be 80 MB)."""
     path = tmp_path / "vgg19.pth"
-    torch.manual_seed(0)
-    state = vgg19_features(VGG19_LAYERS[layer] + 1).state_dict()
-    torch.save({f"features.{k}": v for k, v in state.items()}, path)
+    with torch.device("meta"):
+        features = torchvision.models.vgg19().features[: vgg19_layers()[layer] + 1]
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        f"features.{k}": 0.05 * torch.randn(v.shape, generator=generator)
+        for k, v in features.state_dict().items()
+    }
+    torch.save(state, path)
     return path
 
 
@@ -47,7 +54,7 @@ def sr_quick(root: Path, tmp_path: Path, loss: str, *extra: str) -> list[str]:
             "loss.perceptual.layer=conv2_2",
         ]
     if loss in ("adversarial", "srgan"):
-        options += ["loss.discriminator.channels=8", "loss.discriminator.hidden=16"]
+        options += ["model.discriminator.channels=8", "model.discriminator.hidden=16"]
     return options + list(extra)
 
 
@@ -120,3 +127,45 @@ def test_evaluate_reference_weights_without_a_checkpoint(
     with torch.no_grad():
         expected = per_image_metrics(reference(lr.float()), hr.float())["psnr"].mean()
     assert report["psnr"] == pytest.approx(float(expected), abs=1e-3)
+
+
+def test_adversarial_run_clips_and_its_checkpoint_evaluates(tmp_path: Path) -> None:
+    root = make_superres_folder(tmp_path / "small", 10, lr_size=16)  # 8 train, 2 val pairs
+    options = sr_quick(
+        root, tmp_path, "adversarial", "data.hr_size=32", "debug=limit", "trainer.max_epochs=1",
+        "model.gradient_clip_val=0.5", "model.ema_decay=0.9", "model.discriminator_warmup_steps=1",
+    )  # fmt: skip
+    cfg = compose_cfg(tmp_path, options)
+    assert cfg.model._target_ == "lensexp.tasks.superres.AdversarialSRModule"
+    results = train(cfg)
+    checkpoint = torch.load(results["last_checkpoint"], map_location="cpu", weights_only=True)
+    assert checkpoint["generator_steps"] == 2 and len(checkpoint["optimizer_states"]) == 2
+    assert checkpoint["hyper_parameters"]["gradient_clip_val"] == 0.5
+    assert any(k.startswith("discriminator.") for k in checkpoint["state_dict"])
+    with open(tmp_path / "out" / "csv" / "metrics.csv") as fh:
+        columns = set(next(csv.reader(fh)))
+    assert {"train/d_loss_epoch", "train/d_loss_real_epoch", "train/loss_adversarial"} <= columns
+
+    # evaluate.py rebuilds the adversarial module from the stored config and loads it strictly.
+    eval_cfg = compose_cfg(
+        tmp_path / "eval", [f"ckpt_path={results['last_checkpoint']}", "trainer=cpu"], "eval"
+    )
+    report = evaluate(eval_cfg)
+    assert report["n"] == 2
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("trainer.gradient_clip_val=1.0", "set model.gradient_clip_val=1.0 instead"),
+        ("trainer.accumulate_grad_batches=2", "set trainer.accumulate_grad_batches=1"),
+    ],
+)
+def test_adversarial_refuses_trainer_clipping_with_one_line(
+    superres_root: Path, tmp_path: Path, override: str, key: str
+) -> None:
+    cfg = compose_cfg(tmp_path, sr_quick(superres_root, tmp_path, "adversarial", override))
+    with pytest.raises(LensexpError) as err:
+        train(cfg)
+    assert key in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out" / "checkpoints").exists()

@@ -1,4 +1,8 @@
-"""GAN loss with BasicSR's semantics: one object for the generator and discriminator terms."""
+"""GAN loss with BasicSR's semantics: one object for the generator and discriminator terms.
+
+A function of discriminator logits only: the discriminator itself belongs to the training module
+(`lensexp.tasks.superres.AdversarialSRModule`), which runs it and passes the logits in.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +54,24 @@ class GANLoss(nn.Module):
             else:
                 loss = F.mse_loss(logits, target)
         return loss if is_discriminator else self.weight * loss
+
+    def discriminator_loss(
+        self, real_logits: Tensor, fake_logits: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The discriminator's loss on logits of real and of (detached) SR images: real + fake.
+
+        Terms: `real` and `fake` (the two halves) and `real_logit`/`fake_logit` (mean logits,
+        detached, for monitoring).
+        """
+        real = self(real_logits, True, is_discriminator=True)
+        fake = self(fake_logits, False, is_discriminator=True)
+        terms = {
+            "real": real,
+            "fake": fake,
+            "real_logit": real_logits.detach().mean(),
+            "fake_logit": fake_logits.detach().mean(),
+        }
+        return real + fake, terms
 
     def extra_repr(self) -> str:
         return f"gan_type={self.gan_type}, weight={self.weight}"

@@ -1,14 +1,17 @@
 """Perceptual (VGG19 feature) loss, BasicSR style: distance between VGG19 features of SR and HR.
 
-The network is torchvision's VGG19 `features`, truncated at the named layer (`conv5_4` before its
-ReLU is the SRGAN/ESRGAN choice), frozen and in eval mode. Images in [0, 1] with one channel are
-repeated to three and normalised with the ImageNet mean and std, as VGG was trained.
+The network is torchvision's `vgg19().features`, truncated at the named layer (`conv5_4` before
+its ReLU is the SRGAN/ESRGAN choice), frozen and in eval mode. Images in [0, 1] with one channel
+are repeated to three and normalised with the ImageNet mean and std, as VGG was trained.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
 
 import torch
 import torchvision
@@ -16,54 +19,35 @@ from torch import Tensor, nn
 
 from lensexp.errors import LensexpError
 from lensexp.losses.pixel import check_criterion, distance
-from lensexp.models.weights import load_pretrained
+from lensexp.models.weights import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 
 WEIGHTS_OPTION = "loss.weights"
 LAYER_OPTION = "loss.perceptual.layer"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# torchvision's VGG19 configuration "E": conv widths, "M" = 2x2 max pool.
-_VGG19_CFG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-    512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
-)  # fmt: skip
+VGG19_WEIGHTS = torchvision.models.VGG19_Weights.IMAGENET1K_V1
 
 
-def _conv_indices() -> dict[str, int]:
-    """conv<block>_<n> -> index of that conv in vgg19().features (each conv is followed by a ReLU)."""
+def _vgg19_on_meta() -> torchvision.models.VGG:
+    """torchvision's VGG19 with its tensors on the meta device: the architecture, no memory."""
+    with torch.device("meta"):
+        return torchvision.models.vgg19()
+
+
+@functools.cache
+def vgg19_layers() -> Mapping[str, int]:
+    """conv<block>_<n> -> index of that conv in torchvision's `vgg19().features` (read-only).
+
+    Read off the real module list: convs are counted within a block, and a block ends at its
+    MaxPool2d.
+    """
     names: dict[str, int] = {}
-    index, block, n = 0, 1, 0
-    for item in _VGG19_CFG:
-        if item == "M":
-            index, block, n = index + 1, block + 1, 0
-        else:
+    block, n = 1, 0
+    for index, layer in enumerate(_vgg19_on_meta().features):
+        if isinstance(layer, nn.Conv2d):
             n += 1
             names[f"conv{block}_{n}"] = index
-            index += 2
-    return names
-
-
-VGG19_LAYERS: dict[str, int] = _conv_indices()
-
-
-def vgg19_features(end: int) -> nn.Sequential:
-    """The first `end` modules of torchvision's `vgg19().features`, with its initialisation.
-
-    Built here rather than through `vgg19()` to skip its 100M-parameter classifier; module
-    indices (hence state-dict keys) are the same as torchvision's.
-    """
-    layers: list[nn.Module] = []
-    width = 3
-    for item in _VGG19_CFG:
-        if item == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            conv = nn.Conv2d(width, int(item), kernel_size=3, padding=1)
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
-            layers += [conv, nn.ReLU(inplace=True)]
-            width = int(item)
-    return nn.Sequential(*layers)[:end]
+        elif isinstance(layer, nn.MaxPool2d):
+            block, n = block + 1, 0
+    return MappingProxyType(names)
 
 
 def _retained_features(end: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
@@ -85,6 +69,29 @@ def _retained_features(end: int) -> Callable[[dict[str, Tensor]], dict[str, Tens
     return remap
 
 
+def build_vgg19_features(end: int, weights: str) -> tuple[nn.Sequential, bool]:
+    """torchvision's `vgg19().features[:end]` with `weights`, and whether they are pretrained.
+
+    `random` keeps torchvision's own initialisation (building the whole VGG19, about 2 s). For
+    `imagenet` and a path the network is built on the meta device and allocated uninitialised:
+    the strict load that follows fills every tensor (VGG has no buffers), or raises.
+    """
+    if weights in ("random", "none"):
+        return torchvision.models.vgg19().features[:end], False
+    vgg = _vgg19_on_meta()
+    if weights == "imagenet":
+        vgg.to_empty(device="cpu")
+        loaded = load_pretrained(vgg, weights, VGG19_WEIGHTS, WEIGHTS_OPTION)
+        return vgg.features[:end], loaded
+    holder = nn.Module()
+    holder.features = vgg.features[:end].to_empty(device="cpu")
+    # A path: the file may hold the whole VGG19 or only the features up to the layer.
+    loaded = load_pretrained(
+        holder, weights, VGG19_WEIGHTS, WEIGHTS_OPTION, remap=_retained_features(end)
+    )
+    return holder.features, loaded
+
+
 class PerceptualLoss(nn.Module):
     """`weight` x L1/MSE distance between frozen VGG19 features of SR and HR images.
 
@@ -92,9 +99,10 @@ class PerceptualLoss(nn.Module):
     `random`/`none`, or a path to a state dict: either a full torchvision VGG19 file or one holding
     only `features.N.*` (or `N.*`) keys up to the chosen layer. `pretrained_loaded` records which.
 
-    The VGG is held outside the module tree: it never appears in `parameters()` or `state_dict()`
-    (checkpoints stay small and load whatever `weights` is given), yet it follows `.to()`,
-    `.cuda()` and `.half()`, and it always stays in eval mode with gradients off.
+    The VGG is an ordinary submodule `vgg` (so `.to()`, `.cuda()`, `.half()` move it), frozen
+    (`requires_grad` off, so no optimizer of trainable parameters takes it) and kept in eval mode
+    by `train()`. It is left out of `state_dict()` (checkpoints stay small and load whatever
+    `weights` is given) and a state dict without it loads, strictly, leaving it as it is.
     """
 
     def __init__(
@@ -106,10 +114,10 @@ class PerceptualLoss(nn.Module):
         before_activation: bool = True,
     ) -> None:
         super().__init__()
-        if layer not in VGG19_LAYERS:
+        layers = vgg19_layers()
+        if layer not in layers:
             raise LensexpError(
-                f"{LAYER_OPTION}={layer}: not a VGG19 conv layer; use one of "
-                f"{'|'.join(VGG19_LAYERS)}."
+                f"{LAYER_OPTION}={layer}: not a VGG19 conv layer; use one of {'|'.join(layers)}."
             )
         weights = str(weights)
         if weights == "auto":
@@ -123,34 +131,19 @@ class PerceptualLoss(nn.Module):
         self.weight = float(weight)
         self.before_activation = bool(before_activation)
 
-        end = VGG19_LAYERS[layer] + (1 if self.before_activation else 2)
-        if weights == "imagenet":
-            vgg = torchvision.models.vgg19()
-            self.pretrained_loaded = load_pretrained(
-                vgg, weights, torchvision.models.VGG19_Weights.IMAGENET1K_V1, WEIGHTS_OPTION
-            )
-            features = vgg.features[:end]
-        else:
-            holder = nn.Module()
-            holder.features = vgg19_features(end)
-            # A path goes through the same loader; the enum is only used for auto/imagenet.
-            self.pretrained_loaded = load_pretrained(
-                holder,
-                weights,
-                torchvision.models.VGG19_Weights.IMAGENET1K_V1,
-                WEIGHTS_OPTION,
-                remap=_retained_features(end),
-            )
-            features = holder.features
-        features.eval().requires_grad_(False)
-        # Not registered as a submodule on purpose (see the class docstring).
-        object.__setattr__(self, "vgg", features)
+        # Each conv is followed by its ReLU: stop after the conv, or after the ReLU.
+        end = layers[layer] + (1 if self.before_activation else 2)
+        self.vgg, self.pretrained_loaded = build_vgg19_features(end, weights)
+        self.vgg.eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_state_dict_post_hook(_drop_vgg)
+        self.register_load_state_dict_pre_hook(_keep_vgg)
 
-    def _apply(self, fn: Callable, recurse: bool = True) -> PerceptualLoss:  # type: ignore[override]
-        super()._apply(fn, recurse)
-        self.vgg._apply(fn)
+    def train(self, mode: bool = True) -> PerceptualLoss:
+        """Set the mode of the module as usual; the VGG stays in eval mode."""
+        super().train(mode)
+        self.vgg.eval()
         return self
 
     def features(self, x: Tensor) -> Tensor:
@@ -172,3 +165,21 @@ class PerceptualLoss(nn.Module):
             f"criterion={self.criterion}, weight={self.weight}, weights={self.weights}, "
             f"pretrained_loaded={self.pretrained_loaded}"
         )
+
+
+def _drop_vgg(module: PerceptualLoss, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+    """state_dict post-hook: remove the VGG's entries (and their version metadata)."""
+    vgg = f"{prefix}vgg."
+    for key in [k for k in state if k.startswith(vgg)]:
+        del state[key]
+    versions = getattr(state, "_metadata", None)
+    if versions is not None:
+        for key in [k for k in versions if k == vgg[:-1] or k.startswith(vgg)]:
+            del versions[key]
+
+
+def _keep_vgg(module: PerceptualLoss, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """load_state_dict pre-hook: a state dict without the VGG (as `state_dict()` writes them)
+    loads the VGG's current tensors onto themselves, so a strict load reports nothing missing."""
+    for name, tensor in module.vgg.state_dict(keep_vars=True).items():
+        state.setdefault(f"{prefix}vgg.{name}", tensor)

@@ -1,17 +1,17 @@
 """The super-resolution loss object that the `loss` config group instantiates.
 
-It combines a pixel term, an optional VGG perceptual term and an optional adversarial term, and
-owns the discriminator when there is one (so the discriminator is saved in checkpoints with the
-training module). The training module runs the steps in BasicSR's order:
+It combines a pixel term, an optional VGG perceptual term and an optional adversarial term. It is
+a function of its inputs and trains no network: the discriminator belongs to the training module
+(`lensexp.tasks.superres.AdversarialSRModule`), which runs it and passes its logits in, in
+BasicSR's order:
 
-    g_loss, terms = loss(sr, hr, step)            # generator step; discriminator frozen inside
-    d_loss, d_terms = loss.discriminator_loss(sr, hr)   # then a discriminator step on detached sr
+    g_loss, terms = loss(sr, hr, fake_logits=D(sr))                # generator step, D frozen
+    d_loss, d_terms = loss.discriminator_loss(D(hr), D(sr.detach()))   # then the D step
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -21,31 +21,14 @@ from lensexp.losses.perceptual import PerceptualLoss
 from lensexp.losses.pixel import PixelLoss
 
 
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Turn off `requires_grad` on `module`'s parameters for the duration.
-
-    Autograd records `requires_grad` when the graph is built, so a backward pass run after the
-    block still leaves these parameters without gradients while gradients flow through them.
-    """
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 class SuperResolutionLoss(nn.Module):
     """Weighted sum of pixel, perceptual and adversarial terms for an SR generator.
 
     `perceptual` is a built PerceptualLoss, or (as the configs give it) a callable that builds
     one from `weights`, the VGG19 weights option `loss.weights` (imagenet | random | a path).
-    `discriminator` is required exactly when `adversarial` is given. During the first
-    `discriminator_warmup_steps` generator steps the adversarial term is left out (pixel and
-    perceptual only); `discriminator_loss` may be used throughout.
+    The adversarial term is added only when discriminator logits of the SR images are passed
+    (`fake_logits`); without them (validation of a plain module, the discriminator's warm-up)
+    the loss is the pixel and perceptual terms.
     """
 
     task = "superres"
@@ -55,8 +38,6 @@ class SuperResolutionLoss(nn.Module):
         pixel: PixelLoss | None = None,
         perceptual: PerceptualLoss | Callable[..., PerceptualLoss] | None = None,
         adversarial: GANLoss | None = None,
-        discriminator: nn.Module | None = None,
-        discriminator_warmup_steps: int = 0,
         weights: str | None = None,
     ) -> None:
         super().__init__()
@@ -72,79 +53,52 @@ class SuperResolutionLoss(nn.Module):
                 "loss: no term configured; give at least one of loss.pixel, loss.perceptual, "
                 "loss.adversarial (e.g. loss=mse)."
             )
-        if (adversarial is None) != (discriminator is None):
-            missing = "loss.discriminator" if discriminator is None else "loss.adversarial"
-            raise LensexpError(
-                f"loss: an adversarial term needs both loss.adversarial and loss.discriminator; "
-                f"{missing} is missing (use loss=adversarial or loss=srgan)."
-            )
-        if int(discriminator_warmup_steps) < 0:
-            raise LensexpError(
-                f"loss.discriminator_warmup_steps={discriminator_warmup_steps}: must be >= 0."
-            )
-        if (
-            adversarial is not None
-            and discriminator_warmup_steps
-            and pixel is None
-            and perceptual is None
-        ):
-            raise LensexpError(
-                "loss.discriminator_warmup_steps needs a pixel or perceptual term to train the "
-                "generator during the warm-up; add loss.pixel or set it to 0."
-            )
         self.pixel = pixel
         self.perceptual = perceptual
         self.adversarial = adversarial
-        self.discriminator = discriminator
-        self.discriminator_warmup_steps = int(discriminator_warmup_steps)
-
-    @property
-    def uses_discriminator(self) -> bool:
-        """Whether there is a discriminator to optimise (adversarial training)."""
-        return self.discriminator is not None
 
     @property
     def pretrained_loaded(self) -> bool | None:
         """Whether the perceptual VGG has pretrained weights; None without a perceptual term."""
         return None if self.perceptual is None else self.perceptual.pretrained_loaded
 
-    def adversarial_active(self, step: int) -> bool:
-        """Whether generator step `step` (0-based) includes the adversarial term."""
-        return self.uses_discriminator and step >= self.discriminator_warmup_steps
+    @property
+    def has_content_term(self) -> bool:
+        """Whether a pixel or perceptual term ties the output to the HR image."""
+        return self.pixel is not None or self.perceptual is not None
 
-    def forward(self, sr: Tensor, hr: Tensor, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
-        """Total generator loss and its weighted terms (`pixel`, `perceptual`, `adversarial`)."""
+    def forward(
+        self, sr: Tensor, hr: Tensor, *, fake_logits: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total generator loss and its weighted terms (`pixel`, `perceptual`, `adversarial`).
+
+        `fake_logits`: the discriminator's logits of `sr`; they add the adversarial term.
+        """
         terms: dict[str, Tensor] = {}
         if self.pixel is not None:
             terms["pixel"] = self.pixel(sr, hr)
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(sr, hr)
-        if self.adversarial is not None and self.adversarial_active(step):
-            # Gradients reach sr through the discriminator but never its parameters.
-            with frozen(self.discriminator):
-                logits = self.discriminator(sr)
-            terms["adversarial"] = self.adversarial(logits, True, is_discriminator=False)
+        if fake_logits is not None:
+            terms["adversarial"] = self._gan()(fake_logits, True, is_discriminator=False)
+        if not terms:
+            raise ValueError(
+                "SuperResolutionLoss: only an adversarial term, and no fake_logits were given"
+            )
         return sum(terms.values()), terms  # type: ignore[return-value]
 
-    def discriminator_loss(self, sr: Tensor, hr: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Discriminator loss on real `hr` and detached `sr`: (real + fake, terms).
+    def discriminator_loss(
+        self, real_logits: Tensor, fake_logits: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The discriminator's loss on logits of real and of detached SR images (see GANLoss)."""
+        return self._gan().discriminator_loss(real_logits, fake_logits)
 
-        Terms: `real` and `fake` (the two loss halves) and `real_logit`/`fake_logit` (mean
-        logits, detached, for monitoring).
-        """
-        if self.discriminator is None or self.adversarial is None:
-            raise RuntimeError("discriminator_loss called on a loss without a discriminator")
-        real_logits = self.discriminator(hr)
-        fake_logits = self.discriminator(sr.detach())
-        real = self.adversarial(real_logits, True, is_discriminator=True)
-        fake = self.adversarial(fake_logits, False, is_discriminator=True)
-        terms = {
-            "real": real,
-            "fake": fake,
-            "real_logit": real_logits.detach().mean(),
-            "fake_logit": fake_logits.detach().mean(),
-        }
-        return real + fake, terms
+    def _gan(self) -> GANLoss:
+        if self.adversarial is None:
+            raise ValueError(
+                "SuperResolutionLoss: discriminator logits given, but there is no loss.adversarial"
+            )
+        return self.adversarial
 
     def describe(self) -> dict[str, object]:
         """Flat summary of the configured terms, for hyperparameter logging."""
@@ -159,9 +113,5 @@ class SuperResolutionLoss(nn.Module):
                 pretrained_loaded=self.perceptual.pretrained_loaded,
             )
         if self.adversarial is not None:
-            info.update(
-                gan_type=self.adversarial.gan_type,
-                gan_weight=self.adversarial.weight,
-                discriminator_warmup_steps=self.discriminator_warmup_steps,
-            )
+            info.update(gan_type=self.adversarial.gan_type, gan_weight=self.adversarial.weight)
         return info
