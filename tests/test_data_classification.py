@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from lensexp.data.classification import LensClassificationDataModule
+from lensexp.data.superres import SuperResolutionDataModule
 from lensexp.errors import LensexpError
-from tests.helpers import load_image, make_classification_folder, save_image, tree
+from tests.helpers import (
+    load_image,
+    make_classification_folder,
+    make_superres_folder,
+    save_image,
+    tree,
+)
 
 CLASSES = ["no", "sphere", "vort"]
 
@@ -128,6 +135,8 @@ def test_val_folder_is_used(classification_root, cache_dir):
     assert all(f.parts[-3] == "val" for f in dm.files["val"])
     assert all(f.parts[-3] == "train" for f in dm.files["train"])
     assert_items_match_files(dm, dm.datasets["val"], dm.files["val"])
+    labels = torch.cat([y for _, y in dm.val_dataloader()])
+    assert labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4  # in order, not shuffled
 
 
 def test_split_all_labels_by_folder_name(tmp_path, cache_dir):
@@ -162,14 +171,6 @@ def test_split_test_with_and_without_test_folder(tmp_path, cache_dir):
 
 
 # -- bad input --------------------------------------------------------------------------------
-
-
-def test_missing_root_mentions_the_layout(tmp_path, cache_dir):
-    dm = module(tmp_path / "nowhere", cache_dir)
-    with pytest.raises(LensexpError, match=r"nowhere: no such folder.*ROOT/train/<class>/\*\.npy"):
-        dm.prepare_data()
-    with pytest.raises(LensexpError, match=r"nowhere.*ROOT/train/<class>"):
-        dm.setup("fit")
 
 
 def test_no_root_at_all():
@@ -248,40 +249,6 @@ def test_bad_settings(classification_root, cache_dir):
 # -- the cache --------------------------------------------------------------------------------
 
 
-def test_cache_is_rebuilt_when_a_file_changes(classification_root, cache_dir):
-    dm, ds, files = split_of(classification_root, cache_dir, "train")
-    before = ds[5][0][0].numpy().copy()
-    new = np.full((32, 32), 7.0)
-    save_image(files[5], new)
-    st = files[5].stat()
-    os.utime(files[5], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    _, ds2, _ = split_of(classification_root, cache_dir, "train")
-    np.testing.assert_array_equal(ds2[5][0][0].numpy(), new)
-    assert not np.array_equal(before, new)
-    assert len(list(cache_dir.rglob("train-*.npy"))) == 1  # the stale pack was removed
-    # unchanged files: the same pack is reused, not rebuilt
-    pack = ds2.arrays[0]
-    mtime = pack.stat().st_mtime_ns
-    _, ds3, _ = split_of(classification_root, cache_dir, "train")
-    assert ds3.arrays[0] == pack and pack.stat().st_mtime_ns == mtime
-
-
-def test_cache_dir_elsewhere_writes_nothing_into_the_data(tmp_path, cache_dir):
-    root = make_classification_folder(tmp_path / "cls", 4, size=32, with_test=True)
-    before = tree(root)
-    dm = module(root, cache_dir, predict_split="all")
-    for stage in ("fit", "test", "predict"):
-        dm.setup(stage)
-    next(iter(dm.train_dataloader()))
-    assert tree(root) == before
-    assert {p.name.split("-")[0] for p in cache_dir.rglob("*.npy")} == {
-        "train",
-        "val",
-        "test",
-        "all",
-    }
-
-
 def test_default_cache_stays_in_a_hidden_folder(classification_root):
     before = tree(classification_root)
     dm = LensClassificationDataModule(root=str(classification_root), image_size=32)
@@ -291,18 +258,6 @@ def test_default_cache_stays_in_a_hidden_folder(classification_root):
 
 
 # -- loaders and transforms -------------------------------------------------------------------
-
-
-def test_worker_loaders_give_the_same_batches(classification_root, cache_dir):
-    batches = {}
-    for workers in (0, 2):
-        dm = module(classification_root, cache_dir, batch_size=5, num_workers=workers)
-        dm.setup("fit")
-        batches[workers] = list(dm.val_dataloader())
-    assert len(batches[0]) == 3  # 12 val images
-    for (x0, y0), (x2, y2) in zip(batches[0], batches[2], strict=True):
-        assert torch.equal(x0, x2) and torch.equal(y0, y2)
-    assert torch.cat([y for _, y in batches[0]]).tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
 def test_trainer_free_use(classification_root, cache_dir):
@@ -347,3 +302,101 @@ def test_batch_transform_augments_only_in_training(classification_root, cache_di
         assert torch.equal(x.flatten().sort().values, y.flatten().sort().values)
     off = module(classification_root, cache_dir, augment={"flips": False, "rot90": False})
     assert torch.equal(off.batch_transform((images, labels), train=True)[0], images)
+
+
+# -- what both data modules share (super-resolution too), parametrised over the task ---------
+
+
+def data_module(task: str, root: Path, cache_dir: Path, **kw):
+    """The task's data module over `root` with small images (32 px, or HR 16 / LR 8 px)."""
+    if task == "classification":
+        return module(root, cache_dir, **kw)
+    return SuperResolutionDataModule(root=str(root), cache_dir=str(cache_dir), hr_size=16, **kw)
+
+
+def make_folder(task: str, tmp_path: Path, with_val: bool = True, with_test: bool = False) -> Path:
+    """A small dataset of `task`: 4 images per class (and as many in val/, test/), or 8 pairs
+    (4 in val/, 2 in test/)."""
+    if task == "classification":
+        return make_classification_folder(
+            tmp_path / "cls", 4, size=32, with_val=with_val, with_test=with_test
+        )
+    root = make_superres_folder(tmp_path / "sr", 8, lr_size=8)
+    if with_val:
+        make_superres_folder(root, 4, lr_size=8, subdir="val")
+    if with_test:
+        make_superres_folder(root, 2, lr_size=8, subdir="test")
+    return root
+
+
+TASKS = ["classification", "superres"]
+
+
+@pytest.mark.parametrize(
+    ("task", "layout"),
+    [("classification", r"ROOT/train/<class>/\*\.npy"), ("superres", r"HR/\*\.npy.*LR/\*\.npy")],
+)
+def test_missing_root_describes_the_layout(tmp_path, cache_dir, task, layout):
+    dm = data_module(task, tmp_path / "nowhere", cache_dir)
+    with pytest.raises(LensexpError, match=rf"nowhere: no such folder.*{layout}"):
+        dm.prepare_data()
+    with pytest.raises(LensexpError, match=rf"nowhere.*{layout}"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_cache_is_rebuilt_when_a_file_changes(tmp_path, cache_dir, task):
+    root = make_folder(task, tmp_path)
+    ds, files = data_module(task, root, cache_dir).build_split("train")
+    before = ds[1][0][0].numpy().copy()  # the first image of an item is its file's
+    new = np.full(before.shape, 0.25)
+    save_image(files[1], new)
+    st = files[1].stat()
+    os.utime(files[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    ds2, _ = data_module(task, root, cache_dir).build_split("train")
+    np.testing.assert_array_equal(ds2[1][0][0].numpy(), new)
+    assert not np.array_equal(before, new)
+    name = ds2.arrays[0].name.rsplit("-", 1)[0]
+    assert len(list(cache_dir.rglob(f"{name}-*.npy"))) == 1  # the stale pack was removed
+    # unchanged files: the same pack is reused, not rebuilt
+    pack = ds2.arrays[0]
+    mtime = pack.stat().st_mtime_ns
+    ds3, _ = data_module(task, root, cache_dir).build_split("train")
+    assert ds3.arrays[0] == pack and pack.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize(
+    ("task", "packs"),
+    [
+        ("classification", ["all", "test", "train", "val"]),
+        # LR and HR packs per split, none shared: names never collide
+        (
+            "superres",
+            ["all-hr", "all-lr", "pairs-hr", "pairs-lr", "test-hr", "test-lr", "val-hr", "val-lr"],
+        ),
+    ],
+)
+def test_cache_dir_elsewhere_writes_nothing_into_the_data(tmp_path, cache_dir, task, packs):
+    root = make_folder(task, tmp_path, with_test=True)
+    before = tree(root)
+    dm = data_module(task, root, cache_dir, predict_split="all")
+    for stage in ("fit", "test", "predict"):
+        dm.setup(stage)
+    next(iter(dm.train_dataloader()))
+    assert tree(root) == before
+    assert sorted(p.name.rsplit("-", 1)[0] for p in cache_dir.rglob("*.npy")) == packs
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_worker_loaders_give_the_same_batches(tmp_path, cache_dir, task):
+    # A seeded val split: its items are a subset of the packed array, not all of it.
+    root = make_folder(task, tmp_path, with_val=False)
+    batches = {}
+    for workers in (0, 2):
+        dm = data_module(task, root, cache_dir, batch_size=3, num_workers=workers, val_fraction=0.5)
+        dm.setup("fit")
+        batches[workers] = list(dm.val_dataloader())
+    assert len(batches[0]) == 2  # 6 images or 4 pairs
+    for batch0, batch2 in zip(batches[0], batches[2], strict=True):
+        for x0, x2 in zip(batch0, batch2, strict=True):
+            assert torch.equal(x0, x2)

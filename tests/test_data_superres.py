@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from omegaconf import OmegaConf
 
 from lensexp.data.superres import SuperResolutionDataModule
 from lensexp.errors import LensexpError
-from tests.helpers import load_image, make_superres_folder, save_image, tree
+from tests.helpers import load_image, make_superres_folder, save_image
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "superres.yaml"
 
@@ -191,14 +190,6 @@ def test_unknown_augment_key_is_an_error(superres_root, cache_dir):
 # -- bad input --------------------------------------------------------------------------------
 
 
-def test_missing_root_describes_the_layout(tmp_path, cache_dir):
-    dm = module(tmp_path / "nowhere", cache_dir)
-    with pytest.raises(LensexpError, match=r"nowhere.*HR/\*\.npy.*LR/\*\.npy"):
-        dm.prepare_data()
-    with pytest.raises(LensexpError, match="nowhere"):
-        dm.setup("fit")
-
-
 @pytest.mark.parametrize("folder", ["HR", "LR"])
 def test_missing_hr_or_lr_folder(tmp_path, cache_dir, folder):
     root = make_superres_folder(tmp_path / "sr", 3, lr_size=8)
@@ -273,44 +264,9 @@ def test_bad_settings(superres_root, cache_dir):
         module(superres_root, cache_dir, hr_size=151)
 
 
-# -- the cache and Trainer-free use -----------------------------------------------------------
-
-
-def test_cache_dir_elsewhere_writes_nothing_into_the_data(superres_root, cache_dir):
-    make_superres_folder(superres_root, 3, subdir="val")
-    make_superres_folder(superres_root, 2, subdir="test")
-    before = tree(superres_root)
-    dm = module(superres_root, cache_dir, predict_split="all")
-    for stage in ("fit", "test", "predict"):
-        dm.setup(stage)
-    next(iter(dm.train_dataloader()))
-    assert tree(superres_root) == before
-    packs = sorted(p.name.rsplit("-", 1)[0] for p in cache_dir.rglob("*.npy"))
-    # LR and HR packs per split, none shared: names never collide
-    assert packs == [
-        "all-hr",
-        "all-lr",
-        "pairs-hr",
-        "pairs-lr",
-        "test-hr",
-        "test-lr",
-        "val-hr",
-        "val-lr",
-    ]
-
-
-def test_cache_is_rebuilt_when_a_file_changes(tmp_path, cache_dir):
-    root = make_superres_folder(tmp_path / "sr", 3, lr_size=8)
-    _, ds, files = built(root, cache_dir, "all", hr_size=16)
-    old = ds[1][0][0].numpy().copy()
-    new = np.full((8, 8), 0.25, dtype=np.float32)
-    save_image(files[1], new)
-    stat = files[1].stat()
-    os.utime(files[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    _, ds2, _ = built(root, cache_dir, "all", hr_size=16)
-    np.testing.assert_array_equal(ds2[1][0][0].numpy(), new)
-    assert not np.array_equal(old, new)
-    assert len(list(cache_dir.rglob("pairs-lr-*.npy"))) == 1  # the stale pack is gone
+# -- Trainer-free use ------------------------------------------------------------------------
+# The cache, worker and missing-root tests shared with classification are parametrised over both
+# data modules in tests/test_data_classification.py.
 
 
 def test_trainer_free_use(superres_root, cache_dir):
@@ -321,19 +277,6 @@ def test_trainer_free_use(superres_root, cache_dir):
     assert lr.shape == (4, 1, 75, 75) and hr.shape == (4, 1, 150, 150)
     torch.testing.assert_close(F.avg_pool2d(hr, 2), lr)
     assert len(dm.val_dataloader().dataset) == 2
-
-
-def test_workers_give_the_same_batches(superres_root, cache_dir):
-    batches = []
-    for workers in (0, 2):
-        dm = module(superres_root, cache_dir, batch_size=3, num_workers=workers, val_fraction=0.5)
-        dm.setup("fit")
-        batches.append(
-            [torch.cat([lr.flatten(1), hr.flatten(1)], 1) for lr, hr in dm.val_dataloader()]
-        )
-    assert len(batches[0]) == 4  # 10 val pairs
-    for a, b in zip(*batches, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_config_instantiates(tmp_path, superres_root):

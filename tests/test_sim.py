@@ -240,6 +240,7 @@ def test_resume_after_damage_and_growth(tmp_path):
     assert len(_manifest(out)) == 15
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_partial_files_and_resumes(tmp_path):
     out = tmp_path / "killed"
     code = (
@@ -281,9 +282,9 @@ def test_bad_counts_presets_and_settings(tmp_path):
     out = tmp_path / "x"
     mk = make_classification_dataset
     _one_line_error(mk, out, 2, preset="model_iv", match="unknown simulator preset 'model_iv'")
-    _one_line_error(mk, out, 0, match="n_per_class must be a positive integer")
+    _one_line_error(mk, out, 0, match="n_per_class=0: must be an integer >= 1")
     _one_line_error(mk, out, -3, match="n_per_class")
-    _one_line_error(make_superres_dataset, out, 0, match="n_pairs must be a positive integer")
+    _one_line_error(make_superres_dataset, out, 0, match="n_pairs=0: must be an integer >= 1")
     _one_line_error(mk, out, 2, overrides={"halo.ellipticity": 0.1}, match="halo.ellipticity")
     _one_line_error(mk, out, 2, overrides={"halo.e1": [0.3, 0.1]}, match="halo.e1")
     _one_line_error(mk, out, 2, overrides={"instrument.noise": "loud"}, match="instrument.noise")
@@ -292,6 +293,72 @@ def test_bad_counts_presets_and_settings(tmp_path):
     _one_line_error(mk, out, 2, preset="superres_mild", match="super-resolution preset")
     _one_line_error(make_superres_dataset, out, 2, preset="model_i", match="no 'superres' section")
     assert not out.exists()  # nothing was written for any of these
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"halo.e1": 0.3, "source": {"R_sersic": 0.2}, "vort": {}},  # dotted and nested keys mix
+        {"halo": {"e1": 0.3}, "source.R_sersic": 0.2},
+        {"halo.e1": np.float64(0.3), "source.R_sersic": 0.2},  # numpy floats become floats
+    ],
+)
+def test_overrides_dotted_or_nested(overrides):
+    cfg = load_preset("model_i", overrides)
+    assert cfg["halo"]["e1"] == 0.3 and type(cfg["halo"]["e1"]) is float
+    assert cfg["source"]["R_sersic"] == 0.2
+    assert cfg["halo"]["e2"] == load_preset("model_i")["halo"]["e2"]  # the rest is kept
+
+
+def test_preset_bases_and_free_form_instrument_settings():
+    base, euclid = load_preset("model_i"), load_preset("model_ii")
+    assert euclid["name"] == "model_ii" and euclid["cosmology"] == base["cosmology"]
+    # An instrument with its own `type` replaces the base's instead of merging into it.
+    assert "pixel_scale" not in euclid["instrument"] and euclid["instrument"]["num_pix"] == 64
+    # Keys under instrument.settings go to lenstronomy as they are, even where the preset has
+    # none yet; ranges stay lists, and a tuple becomes one.
+    cfg = load_preset("model_i", {"instrument.settings.seeing": 0.2, "halo.e1": (-0.1, 0.1)})
+    assert cfg["instrument"]["settings"] == {"seeing": 0.2} and cfg["halo"]["e1"] == [-0.1, 0.1]
+    assert "settings" not in base["instrument"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"halo.ellipticity": 0.1}, "halo.ellipticity"),
+        ({"halo": {"foo": 1}}, "halo.foo"),
+        ({"halo.e1.x": 1}, "halo.e1.x"),  # below a number
+        ({"halo.e1": {"x": 1}}, "halo.e1.x"),
+        ({"superres.factor": 2}, "superres.factor"),  # a key of super-resolution presets only
+        ({"instrument.settings": 0.2}, "instrument.settings"),
+        ({"source.center_x.0": 0.1}, "source.center_x.0"),  # a range is one setting
+        ({"source.center_x.a": 0.1}, "source.center_x.a"),
+        ({"": 1}, ""),
+        ({"halo..e1": 1}, "halo..e1"),
+    ],
+)
+def test_unknown_override_keys_are_one_line_errors(overrides, key):
+    msg = _one_line_error(load_preset, "model_i", overrides, match="unknown simulator setting")
+    assert f"'{key}'" in msg and "conf/sim/presets/model_i.yaml" in msg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"halo.mass": -1}, r"'halo\.mass' = -1: must be > 0"),
+        ({"halo.mass": "heavy"}, r"'halo\.mass' = 'heavy': expected a finite number"),
+        ({"halo.e1": {}}, r"'halo\.e1' = \{\}: expected a finite number"),
+        ({"halo.e1": [0.1, 0.2, 0.3]}, r"'halo\.e1' = .*a number or a \[low, high\] pair"),
+        ({"instrument.pixel_scale": [0.1, 0.2]}, r"'instrument\.pixel_scale' .*single number"),
+        ({"instrument.num_pix": 2}, r"'instrument\.num_pix' = 2: expected an integer >= 4"),
+        ({"z_source": 0.4}, r"z_source=0\.4 must be above z_lens=0\.5"),
+        ({"source.magnitude": 20}, "exactly one of source.amp and source.magnitude"),
+        ({"halo": 5}, "lacks the 'halo' section"),
+        ({"halo.e1": object()}, "numbers, strings and lists only"),
+    ],
+)
+def test_bad_override_values_are_one_line_errors(overrides, message):
+    _one_line_error(load_preset, "model_i", overrides, match=message)
 
 
 def test_unwritable_output_folder(tmp_path):
@@ -339,6 +406,7 @@ def test_foreign_files_and_changed_settings(tmp_path):
 # ----------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_cli_runs_and_reports_bad_input_in_one_line(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -380,6 +448,7 @@ def test_cli_runs_and_reports_bad_input_in_one_line(tmp_path):
         timeout=120,
     )
     assert bad.returncode == 1
-    assert bad.stderr.strip().count("\n") == 0 and "unknown simulator preset" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+    assert bad.stderr.startswith("lensexp: error: unknown simulator preset 'model_x'")
     assert list(cwd.iterdir()) == []  # Hydra left nothing in the working directory
     assert math.isfinite(float(_manifest(out)[1]["exposure_time"]))

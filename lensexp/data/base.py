@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lensexp.checks import check_choice, check_int
 from lensexp.data.cache import cache_folder
 from lensexp.data.datasets import PackedDataset
 from lensexp.errors import LensexpError
@@ -57,17 +58,13 @@ class NpyDataModule(L.LightningDataModule):
         self.root = Path(root if root is not None else default_root).expanduser()
         self.simulated = root is None
         self.simulate = dict(simulate or {})
-        self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise LensexpError(f"data.batch_size={batch_size}: must be at least 1.")
+        self.batch_size = check_int("data.batch_size", batch_size, 1)
         self.num_workers = int(num_workers)
         self.pin_memory = pin_memory
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
-        if predict_split not in SPLITS:
-            raise LensexpError(f"split={predict_split}: choose one of {'|'.join(SPLITS)}.")
-        self.predict_split = predict_split
+        self.predict_split = check_choice("split", predict_split, SPLITS)
         self.datasets: dict[str, PackedDataset] = {}
         self.files: dict[str, list[Path]] = {}
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from lensexp.checks import check_int
 from lensexp.data.base import NpyDataModule, seeded_split
 from lensexp.data.cache import packed_array
 from lensexp.data.datasets import PackedDataset
@@ -59,9 +60,7 @@ class SuperResolutionDataModule(NpyDataModule):
         **base: Any,
     ) -> None:
         super().__init__(val_fraction=val_fraction, **base)
-        if isinstance(scale, bool) or int(scale) != scale or int(scale) < 1:
-            raise LensexpError(f"data.scale={scale}: must be a positive integer.")
-        self.scale = int(scale)
+        self.scale = check_int("data.scale", scale, 1)
         if hr_size is not None:
             if int(hr_size) < self.scale or int(hr_size) % self.scale:
                 raise LensexpError(

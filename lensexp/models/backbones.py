@@ -23,13 +23,12 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
+from lensexp.checks import check_choice, check_int
 from lensexp.errors import LensexpError
-from lensexp.models.weights import load_pretrained
+from lensexp.models.weights import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 
 # Prefix of the option names in error messages (the Hydra path of the classifier's config).
 OPTION = "model"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_ADAPTERS = ("repeat", "first_conv")
 NORMALIZE = ("auto", "imagenet", "none")
 
@@ -70,12 +69,6 @@ BACKBONES: dict[str, Backbone] = {
         "classifier.1",
     ),
 }
-
-
-def _check_choice(name: str, value: object, valid: tuple | list) -> None:
-    if value not in valid:
-        choices = "|".join(str(v) for v in valid)
-        raise LensexpError(f"{OPTION}.{name}={value}: not a valid value; use one of {choices}.")
 
 
 def locate(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:
@@ -150,6 +143,49 @@ class FoldedInputConv(nn.Module):
         return c(x) + offset
 
 
+def _check_options(
+    backbone: str,
+    num_classes: int,
+    in_channels: int,
+    input_adapter: str,
+    normalize: str,
+    dropout: float | None,
+    bn_momentum: float | None,
+) -> None:
+    """Refuse a bad `ImageClassifier` option in one line naming its config key."""
+    check_choice(f"{OPTION}.backbone", backbone, list(BACKBONES))
+    check_choice(f"{OPTION}.input_adapter", input_adapter, INPUT_ADAPTERS)
+    check_choice(f"{OPTION}.normalize", normalize, NORMALIZE)
+    check_int(f"{OPTION}.num_classes", num_classes, 2)
+    check_int(f"{OPTION}.in_channels", in_channels, 1)
+    if input_adapter == "repeat" and in_channels not in (1, 3):
+        raise LensexpError(
+            f"{OPTION}.input_adapter=repeat takes 1 or 3 input channels, not {in_channels}; "
+            f"use {OPTION}.input_adapter=first_conv."
+        )
+    if dropout is not None and not 0.0 <= float(dropout) < 1.0:
+        raise LensexpError(f"{OPTION}.dropout={dropout}: must be in [0, 1), or null.")
+    if bn_momentum is not None and not 0.0 < float(bn_momentum) <= 1.0:
+        raise LensexpError(f"{OPTION}.bn_momentum={bn_momentum}: must be in (0, 1], or null.")
+
+
+def _replace_head(net: nn.Module, backbone: str, num_classes: int, dropout: float | None) -> None:
+    """Put a fresh `num_classes`-way linear layer where the 1000-class ImageNet head was.
+
+    `dropout` sets the head's existing dropout layers, or adds one before a head without any.
+    """
+    parent, name, linear = final_linear(net, backbone)
+    head: nn.Module = nn.Linear(linear.in_features, num_classes)
+    if dropout is not None:
+        dropouts = [m for m in parent.modules() if isinstance(m, nn.Dropout)]
+        if dropouts:
+            for module in dropouts:
+                module.p = float(dropout)
+        else:
+            head = nn.Sequential(nn.Dropout(float(dropout)), head)
+    setattr(parent, name, head)
+
+
 class ImageClassifier(nn.Module):
     """torchvision backbone with a fresh `num_classes` head: (N, in_channels, H, W) -> logits.
 
@@ -180,22 +216,9 @@ class ImageClassifier(nn.Module):
     ) -> None:
         super().__init__()
         # Every option is checked before the (possibly slow) weight loading.
-        _check_choice("backbone", backbone, list(BACKBONES))
-        _check_choice("input_adapter", input_adapter, INPUT_ADAPTERS)
-        _check_choice("normalize", normalize, NORMALIZE)
-        for name, value, low in (("num_classes", num_classes, 2), ("in_channels", in_channels, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise LensexpError(f"{OPTION}.{name}={value}: must be an integer >= {low}.")
-        if input_adapter == "repeat" and in_channels not in (1, 3):
-            raise LensexpError(
-                f"{OPTION}.input_adapter=repeat takes 1 or 3 input channels, not {in_channels}; "
-                f"use {OPTION}.input_adapter=first_conv."
-            )
-        if dropout is not None and not 0.0 <= float(dropout) < 1.0:
-            raise LensexpError(f"{OPTION}.dropout={dropout}: must be in [0, 1), or null.")
-        if bn_momentum is not None and not 0.0 < float(bn_momentum) <= 1.0:
-            raise LensexpError(f"{OPTION}.bn_momentum={bn_momentum}: must be in (0, 1], or null.")
-
+        _check_options(
+            backbone, num_classes, in_channels, input_adapter, normalize, dropout, bn_momentum
+        )
         self.backbone = backbone
         self.input_adapter = input_adapter
         self.in_channels = in_channels
@@ -211,16 +234,7 @@ class ImageClassifier(nn.Module):
         self.register_buffer("mean", mean.view(1, 3, 1, 1))
         self.register_buffer("std", std.view(1, 3, 1, 1))
 
-        parent, name, linear = final_linear(self.net, backbone)
-        head: nn.Module = nn.Linear(linear.in_features, num_classes)
-        if dropout is not None:
-            dropouts = [m for m in parent.modules() if isinstance(m, nn.Dropout)]
-            if dropouts:
-                for module in dropouts:
-                    module.p = float(dropout)
-            else:
-                head = nn.Sequential(nn.Dropout(float(dropout)), head)
-        setattr(parent, name, head)
+        _replace_head(self.net, backbone, num_classes, dropout)
         if bn_momentum is not None:
             for module in self.net.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -11,10 +11,10 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from lensexp.errors import LensexpError
+from lensexp.checks import check_int
 
 # Prefix of the option names in error messages (the Hydra path of the discriminator's config).
-OPTION = "loss.discriminator"
+OPTION = "model.discriminator"
 
 
 def _conv(in_channels: int, out_channels: int, stride: int, batch_norm: bool) -> nn.Sequential:
@@ -44,15 +44,11 @@ class Discriminator(nn.Module):
         hidden: int = 1024,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels),
-            ("channels", channels),
-            ("n_stages", n_stages),
-            ("pool_size", pool_size),
-            ("hidden", hidden),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise LensexpError(f"{OPTION}.{name}={value}: must be an integer >= 1.")
+        check_int(f"{OPTION}.in_channels", in_channels, 1)
+        check_int(f"{OPTION}.channels", channels, 1)
+        check_int(f"{OPTION}.n_stages", n_stages, 1)
+        check_int(f"{OPTION}.pool_size", pool_size, 1)
+        check_int(f"{OPTION}.hidden", hidden, 1)
         stages = []
         width_in = in_channels
         for i in range(n_stages):

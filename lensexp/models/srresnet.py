@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lensexp.checks import check_choice, check_int
 from lensexp.errors import LensexpError
 from lensexp.models.weights import NO_WEIGHTS, read_state_dict
 
@@ -32,15 +33,9 @@ UPSAMPLERS = ("pixelshuffle", "transposed", "upsample_conv")
 OPTION = "model"
 
 
-def _check_choice(name: str, value: object, valid: tuple) -> None:
-    if value not in valid:
-        choices = "|".join(str(v) for v in valid)
-        raise LensexpError(f"{OPTION}.{name}={value}: not a valid value; use one of {choices}.")
-
-
 def make_activation(name: str) -> nn.Module:
     """The activation called `name` (prelu|leakyrelu|relu)."""
-    _check_choice("activation", name, ACTIVATIONS)
+    check_choice(f"{OPTION}.activation", name, ACTIVATIONS)
     if name == "prelu":
         # One shared slope, as torch's default nn.PReLU() and the reference generator.
         return nn.PReLU()
@@ -79,7 +74,7 @@ class ResidualBlock(nn.Module):
 
 def upsample_stage(channels: int, upsampler: str, activation: str) -> nn.Sequential:
     """One x2 upsampling stage; every kind keeps `channels` channels and ends in `act`."""
-    _check_choice("upsampler", upsampler, UPSAMPLERS)
+    check_choice(f"{OPTION}.upsampler", upsampler, UPSAMPLERS)
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     if upsampler == "pixelshuffle":
         layers["conv"] = nn.Conv2d(channels, 4 * channels, 3, padding=1)
@@ -116,17 +111,13 @@ class SRResNet(nn.Module):
         global_residual: bool = False,
     ) -> None:
         super().__init__()
-        _check_choice("scale", scale, SCALES)
-        _check_choice("activation", activation, ACTIVATIONS)
-        _check_choice("upsampler", upsampler, UPSAMPLERS)
-        for name, value, low in (
-            ("in_channels", in_channels, 1),
-            ("out_channels", out_channels, 1),
-            ("n_blocks", n_blocks, 0),
-            ("channels", channels, 1),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise LensexpError(f"{OPTION}.{name}={value}: must be an integer >= {low}.")
+        check_choice(f"{OPTION}.scale", scale, SCALES)
+        check_choice(f"{OPTION}.activation", activation, ACTIVATIONS)
+        check_choice(f"{OPTION}.upsampler", upsampler, UPSAMPLERS)
+        check_int(f"{OPTION}.in_channels", in_channels, 1)
+        check_int(f"{OPTION}.out_channels", out_channels, 1)
+        check_int(f"{OPTION}.n_blocks", n_blocks, 0)
+        check_int(f"{OPTION}.channels", channels, 1)
         if global_residual and in_channels != out_channels:
             raise LensexpError(
                 f"{OPTION}.global_residual=true needs in_channels == out_channels "

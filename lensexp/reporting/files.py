@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from lensexp.checks import flatten
 
 
 def _plain(obj: Any) -> Any:
@@ -42,15 +44,6 @@ def write_json(path: Path | str, obj: Any) -> Path:
     text = json.dumps(_plain(obj), indent=2, allow_nan=False)
     path.write_text(text + "\n")
     return path
-
-
-def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _flatten(value, f"{name}/")
-        else:
-            yield name, value
 
 
 def _format(value: Any) -> str:
@@ -87,7 +80,7 @@ def metrics_markdown(
     """
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     matrices: list[tuple[str, Any]] = []
-    for name, value in _flatten(metrics):
+    for name, value in flatten(metrics, "/").items():
         if _is_matrix(value):
             matrices.append((name, value))
         elif isinstance(value, list | tuple):
@@ -133,7 +126,7 @@ def print_metrics_table(
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in _flatten(metrics):
+    for name, value in flatten(metrics, "/").items():
         if isinstance(value, list | tuple):
             continue
         table.add_row(name, _format(value))

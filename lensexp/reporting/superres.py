@@ -63,7 +63,7 @@ def write_superres_report(
     if save_outputs and (images is None or not files):
         raise ValueError(
             "write_superres_report(save_outputs=True): needs the input files and predictions "
-            "holding SR images (set module.keep_sr_images = True before trainer.predict)"
+            "holding SR images (set module.keep_outputs = True before trainer.predict)"
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,36 +73,53 @@ def write_superres_report(
     write_metrics(
         out_dir, metrics, title=f"Super-resolution, {n} image(s): model and bicubic baseline"
     )
+    names = [str(f) for f in files] if files else [str(i) for i in range(n)]
+    _write_per_image_csv(out_dir / "per_image.csv", names, values, baseline)
+    _write_comparison(out_dir / "comparison.png", outputs, metrics)
+    if save_outputs:
+        _save_sr_images(out_dir / "sr", images, files)
+    return metrics
 
-    with open(out_dir / "per_image.csv", "w", newline="") as fh:
+
+def _write_per_image_csv(
+    path: Path,
+    names: list[str],
+    values: dict[str, torch.Tensor],
+    baseline: dict[str, torch.Tensor],
+) -> None:
+    """One row per image: its name, the model's metrics, then the bicubic baseline's."""
+    with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["file", *METRICS, *(f"bicubic_{k}" for k in METRICS)])
         columns = [values[k].tolist() for k in METRICS] + [baseline[k].tolist() for k in METRICS]
-        names = [str(f) for f in files] if files else [str(i) for i in range(n)]
         for name, *row in zip(names, *columns, strict=True):
             writer.writerow([name, *(f"{v:.6g}" for v in row)])
 
-    lr, sr, hr = (_cat(outputs, f"{k}_samples") for k in ("lr", "sr", "hr"))
-    if lr is not None and sr is not None and hr is not None:
-        lr, sr, hr = lr[:MAX_COMPARISON], sr[:MAX_COMPARISON], hr[:MAX_COMPARISON]
-        scale = hr.shape[-1] // lr.shape[-1]
-        figure = sr_comparison_figure(
-            lr,
-            bicubic_upsample(lr, scale),
-            sr,
-            hr,
-            max_samples=MAX_COMPARISON,
-            title=(
-                f"Mean PSNR over {n} image(s): SR {metrics['psnr']:.2f} dB, "
-                f"bicubic {metrics['bicubic']['psnr']:.2f} dB"
-            ),
-        )
-        save_figure(figure, out_dir / "comparison.png")
 
-    if save_outputs:
-        sr_dir = out_dir / "sr"
-        for image, name in zip(images, output_names(files), strict=True):
-            target = (sr_dir / name).with_suffix(".npy")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            np.save(target, image.numpy().astype(np.float32, copy=False))
-    return metrics
+def _write_comparison(path: Path, outputs: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """The LR | bicubic | SR | HR | error figure of the first samples, if the outputs hold any."""
+    lr, sr, hr = (_cat(outputs, f"{k}_samples") for k in ("lr", "sr", "hr"))
+    if lr is None or sr is None or hr is None:
+        return
+    lr, sr, hr = lr[:MAX_COMPARISON], sr[:MAX_COMPARISON], hr[:MAX_COMPARISON]
+    scale = hr.shape[-1] // lr.shape[-1]
+    figure = sr_comparison_figure(
+        lr,
+        bicubic_upsample(lr, scale),
+        sr,
+        hr,
+        max_samples=MAX_COMPARISON,
+        title=(
+            f"Mean PSNR over {metrics['n']} image(s): SR {metrics['psnr']:.2f} dB, "
+            f"bicubic {metrics['bicubic']['psnr']:.2f} dB"
+        ),
+    )
+    save_figure(figure, path)
+
+
+def _save_sr_images(sr_dir: Path, images: torch.Tensor, files: list[Path]) -> None:
+    """Each SR image as `sr_dir/<input name>.npy`, (C, H, W) float32."""
+    for image, name in zip(images, output_names(files), strict=True):
+        target = (sr_dir / name).with_suffix(".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, image.numpy().astype(np.float32, copy=False))

@@ -1,7 +1,7 @@
 """Command line: `python -m lensexp.sim task=classification out=DIR n_per_class=N` (Hydra).
 
 Configuration: conf/sim/cli/config.yaml; presets: conf/sim/presets/. A bad input prints one line
-starting with `error:` and exits with status 1.
+starting with `lensexp: error:` and exits with status 1.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import lensexp
+from lensexp.checks import check_choice
 from lensexp.errors import LensexpError
 
 # The CLI config sits in its own folder so Hydra does not offer the presets as a config group
@@ -25,9 +26,7 @@ def run(cfg: DictConfig) -> Path:
     """Make the dataset described by the CLI config (the same functions as the Python API)."""
     from lensexp.sim.dataset import make_classification_dataset, make_superres_dataset
 
-    task = cfg.task
-    if task not in DEFAULT_PRESET:
-        raise LensexpError(f"task={task!r}: choose task=classification or task=superres.")
+    task = check_choice("task", cfg.task, tuple(DEFAULT_PRESET))
     common = dict(
         preset=cfg.preset or DEFAULT_PRESET[task],
         seed=cfg.seed,
@@ -49,11 +48,15 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: report bad input as one line and exit 1."""
+    """Hydra entry point: report bad input as one line and exit 1.
+
+    Unlike a training sweep, a multirun of shards stops at the first bad job: the shards share
+    their settings, so the others would fail the same way.
+    """
     try:
         out = run(cfg)
     except LensexpError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"lensexp: error: {err}", file=sys.stderr)
         sys.exit(1)
     print(out)
 

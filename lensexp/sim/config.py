@@ -1,22 +1,26 @@
 """Simulator presets: loading `conf/sim/presets/<name>.yaml`, applying overrides, checking values.
 
-A preset is a plain nested dict of physical and instrumental settings. Any numeric physical
-setting may be a number (fixed) or a two-element list `[low, high]` (drawn uniformly per image);
-the loader checks both forms here so the samplers never see a malformed value.
+A preset is a nested mapping of physical and instrumental settings; it may name a `base` preset
+and change only some of its keys. Presets are read and merged with OmegaConf, and the merged
+preset is put in struct mode, so an override of a key the preset lacks (a typo) fails instead of
+being ignored. Any numeric physical setting may be a number (fixed) or a two-element list
+`[low, high]` (drawn uniformly per image); the value checks below, which an untyped OmegaConf
+config cannot do, refuse malformed values here so the samplers never see one.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import lensexp
+from lensexp.checks import flatten
 from lensexp.errors import LensexpError
 
 PRESET_DIR = Path(lensexp.__file__).resolve().parent.parent / "conf" / "sim" / "presets"
@@ -32,79 +36,6 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _read_yaml(name: str) -> dict:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(available_presets()) or f"none found in {PRESET_DIR}"
-        raise LensexpError(f"unknown simulator preset '{name}'; choose one of: {known}.")
-    try:
-        # OmegaConf's YAML loader reads 1e12 as a number (plain PyYAML would give a string).
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:
-        raise LensexpError(f"{path}: not a valid preset file ({err}).") from err
-    if not isinstance(data, dict):
-        raise LensexpError(f"{path}: a preset must be a mapping of settings.")
-    return data
-
-
-def _merge(base: dict, top: Mapping) -> dict:
-    """Deep-merge `top` into a copy of `base` (mappings merge, everything else replaces)."""
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, path + "."))
-        else:
-            flat[path] = value
-    return flat
-
-
-def _nest_overrides(overrides: Mapping) -> dict:
-    """Turn `{"source.R_sersic": 0.3}` and `{"source": {"R_sersic": 0.3}}` into one nested dict."""
-    nested: dict = {}
-    for key, value in overrides.items():
-        if not isinstance(key, str) or not key:
-            raise LensexpError(
-                f"override key {key!r} must be a non-empty string like 'source.R_sersic'."
-            )
-        if isinstance(value, Mapping):
-            value = _nest_overrides(value)
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-            node[leaf] = _merge(node[leaf], value)
-        else:
-            node[leaf] = value
-    return nested
-
-
-def _check_known(preset: dict, nested: dict, name: str) -> None:
-    """Refuse override keys the preset does not have (a typo would otherwise be ignored)."""
-    known = _flatten(preset)
-    known_prefixes = {k.rsplit(".", i)[0] for k in known for i in range(k.count(".") + 1)}
-    for key in _flatten(nested):
-        if key in known or key in known_prefixes:
-            continue
-        if any(key.startswith(section + ".") for section in OPEN_SECTIONS):
-            continue
-        raise LensexpError(
-            f"unknown simulator setting '{key}' in overrides for preset '{name}'; "
-            f"see conf/sim/presets/{name}.yaml for the key names."
-        )
-
-
 def load_preset(name: str, overrides: Mapping | None = None) -> dict:
     """Return preset `name` (with its `base` merged in) after applying `overrides`, checked.
 
@@ -113,6 +44,36 @@ def load_preset(name: str, overrides: Mapping | None = None) -> dict:
     """
     if not isinstance(name, str) or not name:
         raise LensexpError(f"preset must be a preset name, got {name!r}.")
+    cfg = _read_with_bases(name)
+    cfg.name = name
+    OmegaConf.set_struct(cfg, True)
+    if overrides:
+        _apply_overrides(cfg, overrides, name)
+    try:
+        preset = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise LensexpError(f"simulator preset '{name}': {_first_line(err)}.") from err
+    validate(preset)
+    return preset
+
+
+def _read_yaml(name: str) -> DictConfig:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_presets()) or f"none found in {PRESET_DIR}"
+        raise LensexpError(f"unknown simulator preset '{name}'; choose one of: {known}.")
+    try:
+        # OmegaConf's YAML loader reads 1e12 as a number (plain PyYAML would give a string).
+        cfg = OmegaConf.load(path)
+    except Exception as err:
+        raise LensexpError(f"{path}: not a valid preset file ({_first_line(err)}).") from err
+    if not isinstance(cfg, DictConfig):
+        raise LensexpError(f"{path}: a preset must be a mapping of settings.")
+    return cfg
+
+
+def _read_with_bases(name: str) -> DictConfig:
+    """Preset `name` merged onto its chain of `base` presets (the more specific preset wins)."""
     preset = _read_yaml(name)
     seen = [name]
     while "base" in preset:
@@ -125,25 +86,58 @@ def load_preset(name: str, overrides: Mapping | None = None) -> dict:
         # so a Euclid preset does not inherit the simple camera's pixel scale or PSF.
         if "type" in preset.get("instrument", {}):
             parent.pop("instrument", None)
-        preset = _merge(parent, preset)
-    preset["name"] = name
+        preset = OmegaConf.merge(parent, preset)
+    return preset
+
+
+def _apply_overrides(cfg: DictConfig, overrides: Any, name: str) -> None:
+    """Set each override on the struct-mode preset `cfg`, refusing keys the preset lacks."""
     if OmegaConf.is_config(overrides):
         overrides = OmegaConf.to_container(overrides, resolve=True)
-    if overrides:
-        if not isinstance(overrides, Mapping):
-            raise LensexpError(
-                f"overrides must be a mapping of setting -> value, got {type(overrides).__name__}."
-            )
-        nested = _nest_overrides(overrides)
-        _check_known(preset, nested, name)
-        preset = _merge(preset, nested)
+    if not isinstance(overrides, Mapping):
+        raise LensexpError(
+            f"overrides must be a mapping of setting -> value, got {type(overrides).__name__}."
+        )
     try:
-        # Plain JSON types (tuples become lists), so a preset compares equal to its saved state.
-        preset = json.loads(json.dumps(preset))
+        # One dotted key per leaf; plain JSON values (tuples become lists, numpy floats floats),
+        # so a preset compares equal to its saved state.
+        flat = json.loads(json.dumps(flatten(overrides, ".", keep_empty=True)))
     except (TypeError, ValueError) as err:
         raise LensexpError(f"overrides must hold numbers, strings and lists only ({err}).") from err
-    validate(preset)
-    return preset
+    for key, value in flat.items():
+        if not _update(cfg, key, value):
+            raise LensexpError(
+                f"unknown simulator setting '{key}' in overrides for preset '{name}'; "
+                f"see conf/sim/presets/{name}.yaml for the key names."
+            )
+
+
+def _update(cfg: DictConfig, key: str, value: Any) -> bool:
+    """Set the setting at dotted `key` to `value`; False where `cfg` has no such setting.
+
+    One key at a time, as Hydra applies its overrides: a merge of `{"halo": {"e1": {"x": 1}}}`
+    would silently replace the number `halo.e1` by a mapping, where `halo.e1.x` is refused. A
+    value replaces the old one, except that an empty mapping merges (a section stays as it was).
+    """
+    # lenstronomy's own settings are free-form: there an override may add a key.
+    free_form = any(key.startswith(section + ".") for section in OPEN_SECTIONS)
+    parent = key.rpartition(".")[0]
+    try:
+        # A list is one setting (a [low, high] range), not a section of settings.
+        if "" in key.split(".") or (
+            parent and isinstance(OmegaConf.select(cfg, parent), ListConfig)
+        ):
+            return False
+        OmegaConf.update(cfg, key, value, merge=isinstance(value, dict), force_add=free_form)
+    except OmegaConfBaseException:
+        return False  # struct mode: a key the preset does not have
+    return True
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of an exception's message (OmegaConf adds lines of context)."""
+    lines = str(err).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(err).__name__
 
 
 # ----------------------------------------------------------------------------- value checks
@@ -154,37 +148,88 @@ def is_range(value: Any) -> bool:
     return isinstance(value, (list, tuple))
 
 
-def _number(
-    key: str, value: Any, *, positive: bool = False, nonneg: bool = False, allow_range: bool = True
-) -> None:
-    """Check that `key` holds a finite number or (if allowed) a `[low, high]` range of them."""
-    values = value if is_range(value) else [value]
-    if is_range(value) and (not allow_range or len(value) != 2):
-        what = "a number or a [low, high] pair" if allow_range else "a single number"
-        raise LensexpError(f"simulator setting '{key}' = {value!r}: expected {what}.")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise LensexpError(f"simulator setting '{key}' = {value!r}: expected a finite number.")
-        if positive and v <= 0:
-            raise LensexpError(f"simulator setting '{key}' = {value!r}: must be > 0.")
-        if nonneg and v < 0:
-            raise LensexpError(f"simulator setting '{key}' = {value!r}: must be >= 0.")
-    if is_range(value) and value[0] > value[1]:
-        raise LensexpError(f"simulator setting '{key}' = {value!r}: low is above high.")
+def validate(cfg: dict) -> None:
+    """Raise a LensexpError naming the first malformed setting of a merged preset."""
+    for section in PHYSICS_SECTIONS:
+        _section(cfg, section)
+    _check_cosmology(cfg)
+    _check_lens_and_source(cfg)
+    _check_substructure(cfg)
+    validate_instrument(cfg["instrument"], "instrument")
+    if "superres" in cfg:
+        validate_superres(cfg)
+    _check_magnitude_cameras(cfg)
 
 
-def _integer(key: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _check_cosmology(cfg: dict) -> None:
+    cosmo = cfg["cosmology"]
+    for key in ("H0", "Om0"):
+        _number(f"cosmology.{key}", cosmo.get(key), positive=True, allow_range=False)
+    _number("cosmology.Ob0", cosmo.get("Ob0", 0.0), nonneg=True, allow_range=False)
+    _number("z_lens", cfg.get("z_lens"), positive=True, allow_range=False)
+    _number("z_source", cfg.get("z_source"), positive=True, allow_range=False)
+    if cfg["z_source"] <= cfg["z_lens"]:
         raise LensexpError(
-            f"simulator setting '{key}' = {value!r}: expected an integer >= {minimum}."
+            f"simulator settings z_source={cfg['z_source']} must be above z_lens={cfg['z_lens']}."
         )
 
 
-def _section(cfg: dict, key: str) -> dict:
-    value = cfg.get(key)
-    if not isinstance(value, dict):
-        raise LensexpError(f"simulator preset '{cfg.get('name')}' lacks the '{key}' section.")
-    return value
+def _check_lens_and_source(cfg: dict) -> None:
+    halo = cfg["halo"]
+    _number("halo.mass", halo.get("mass"), positive=True)
+    for key in ("e1", "e2", "center_x", "center_y"):
+        _number(f"halo.{key}", halo.get(key))
+    for key in ("gamma1", "gamma2"):
+        _number(f"shear.{key}", cfg["shear"].get(key))
+    src = cfg["source"]
+    if (src.get("amp") is None) == (src.get("magnitude") is None):
+        raise LensexpError(
+            "simulator settings: set exactly one of source.amp and source.magnitude."
+        )
+    if src.get("amp") is not None:
+        _number("source.amp", src["amp"], positive=True)
+    if src.get("magnitude") is not None:
+        _number("source.magnitude", src["magnitude"])
+    _number("source.R_sersic", src.get("R_sersic"), positive=True)
+    _number("source.n_sersic", src.get("n_sersic"), positive=True)
+    for key in ("e1", "e2", "center_x", "center_y"):
+        _number(f"source.{key}", src.get(key))
+
+
+def _check_substructure(cfg: dict) -> None:
+    sph = cfg["sphere"]
+    _integer("sphere.n_subhalos", sph.get("n_subhalos"), 0)
+    _number("sphere.mass_min", sph.get("mass_min"), positive=True, allow_range=False)
+    _number("sphere.mass_max", sph.get("mass_max"), positive=True, allow_range=False)
+    _number("sphere.slope", sph.get("slope"), allow_range=False)
+    _number("sphere.r_min", sph.get("r_min"), nonneg=True, allow_range=False)
+    _number("sphere.r_max", sph.get("r_max"), nonneg=True, allow_range=False)
+    if sph["mass_min"] > sph["mass_max"] or sph["r_min"] > sph["r_max"]:
+        raise LensexpError(
+            "simulator settings: sphere.mass_min/r_min must not exceed mass_max/r_max."
+        )
+    vort = cfg["vort"]
+    _number("vort.mass", vort.get("mass"), positive=True)
+    _integer("vort.n_points", vort.get("n_points"), 1)
+    _number("vort.log10_axion_mass", vort.get("log10_axion_mass"))
+    _number(
+        "vort.length_coefficient", vort.get("length_coefficient"), positive=True, allow_range=False
+    )
+
+
+def _check_magnitude_cameras(cfg: dict) -> None:
+    """A source magnitude needs a zero point: every camera that renders it is an observation."""
+    if cfg["source"].get("magnitude") is None:
+        return
+    cameras = [("instrument", cfg["instrument"])]
+    if cfg.get("superres", {}).get("degradation") == "render":
+        cameras.append(("superres.lr_instrument", cfg["superres"]["lr_instrument"]))
+    for where, inst in cameras:
+        if inst["type"] == "simple":
+            raise LensexpError(
+                f"source.magnitude needs {where}.type=observation (a zero point); "
+                "use source.amp with a simple instrument."
+            )
 
 
 def validate_instrument(inst: dict, where: str) -> None:
@@ -223,71 +268,6 @@ def validate_instrument(inst: dict, where: str) -> None:
         )
 
 
-def validate(cfg: dict) -> None:
-    """Raise a LensexpError naming the first malformed setting of a merged preset."""
-    for section in PHYSICS_SECTIONS:
-        _section(cfg, section)
-    cosmo = cfg["cosmology"]
-    for key in ("H0", "Om0"):
-        _number(f"cosmology.{key}", cosmo.get(key), positive=True, allow_range=False)
-    _number("cosmology.Ob0", cosmo.get("Ob0", 0.0), nonneg=True, allow_range=False)
-    _number("z_lens", cfg.get("z_lens"), positive=True, allow_range=False)
-    _number("z_source", cfg.get("z_source"), positive=True, allow_range=False)
-    if cfg["z_source"] <= cfg["z_lens"]:
-        raise LensexpError(
-            f"simulator settings z_source={cfg['z_source']} must be above z_lens={cfg['z_lens']}."
-        )
-    halo = cfg["halo"]
-    _number("halo.mass", halo.get("mass"), positive=True)
-    for key in ("e1", "e2", "center_x", "center_y"):
-        _number(f"halo.{key}", halo.get(key))
-    for key in ("gamma1", "gamma2"):
-        _number(f"shear.{key}", cfg["shear"].get(key))
-    src = cfg["source"]
-    if (src.get("amp") is None) == (src.get("magnitude") is None):
-        raise LensexpError(
-            "simulator settings: set exactly one of source.amp and source.magnitude."
-        )
-    if src.get("amp") is not None:
-        _number("source.amp", src["amp"], positive=True)
-    if src.get("magnitude") is not None:
-        _number("source.magnitude", src["magnitude"])
-    _number("source.R_sersic", src.get("R_sersic"), positive=True)
-    _number("source.n_sersic", src.get("n_sersic"), positive=True)
-    for key in ("e1", "e2", "center_x", "center_y"):
-        _number(f"source.{key}", src.get(key))
-    sph = cfg["sphere"]
-    _integer("sphere.n_subhalos", sph.get("n_subhalos"), 0)
-    _number("sphere.mass_min", sph.get("mass_min"), positive=True, allow_range=False)
-    _number("sphere.mass_max", sph.get("mass_max"), positive=True, allow_range=False)
-    _number("sphere.slope", sph.get("slope"), allow_range=False)
-    _number("sphere.r_min", sph.get("r_min"), nonneg=True, allow_range=False)
-    _number("sphere.r_max", sph.get("r_max"), nonneg=True, allow_range=False)
-    if sph["mass_min"] > sph["mass_max"] or sph["r_min"] > sph["r_max"]:
-        raise LensexpError(
-            "simulator settings: sphere.mass_min/r_min must not exceed mass_max/r_max."
-        )
-    vort = cfg["vort"]
-    _number("vort.mass", vort.get("mass"), positive=True)
-    _integer("vort.n_points", vort.get("n_points"), 1)
-    _number("vort.log10_axion_mass", vort.get("log10_axion_mass"))
-    _number(
-        "vort.length_coefficient", vort.get("length_coefficient"), positive=True, allow_range=False
-    )
-    validate_instrument(cfg["instrument"], "instrument")
-    if "superres" in cfg:
-        validate_superres(cfg)
-    cameras = [("instrument", cfg["instrument"])]
-    if cfg.get("superres", {}).get("degradation") == "render":
-        cameras.append(("superres.lr_instrument", cfg["superres"]["lr_instrument"]))
-    for where, inst in cameras:
-        if src.get("magnitude") is not None and inst["type"] == "simple":
-            raise LensexpError(
-                f"source.magnitude needs {where}.type=observation (a zero point); "
-                "use source.amp with a simple instrument."
-            )
-
-
 def validate_superres(cfg: dict) -> None:
     """Check the `superres` section of a super-resolution preset."""
     sr = _section(cfg, "superres")
@@ -322,4 +302,37 @@ def validate_superres(cfg: dict) -> None:
     else:
         raise LensexpError(
             f"simulator setting 'superres.degradation' = {mode!r}: expected render or downsample."
+        )
+
+
+def _section(cfg: dict, key: str) -> dict:
+    value = cfg.get(key)
+    if not isinstance(value, dict):
+        raise LensexpError(f"simulator preset '{cfg.get('name')}' lacks the '{key}' section.")
+    return value
+
+
+def _number(
+    key: str, value: Any, *, positive: bool = False, nonneg: bool = False, allow_range: bool = True
+) -> None:
+    """Check that `key` holds a finite number or (if allowed) a `[low, high]` range of them."""
+    values = value if is_range(value) else [value]
+    if is_range(value) and (not allow_range or len(value) != 2):
+        what = "a number or a [low, high] pair" if allow_range else "a single number"
+        raise LensexpError(f"simulator setting '{key}' = {value!r}: expected {what}.")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise LensexpError(f"simulator setting '{key}' = {value!r}: expected a finite number.")
+        if positive and v <= 0:
+            raise LensexpError(f"simulator setting '{key}' = {value!r}: must be > 0.")
+        if nonneg and v < 0:
+            raise LensexpError(f"simulator setting '{key}' = {value!r}: must be >= 0.")
+    if is_range(value) and value[0] > value[1]:
+        raise LensexpError(f"simulator setting '{key}' = {value!r}: low is above high.")
+
+
+def _integer(key: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LensexpError(
+            f"simulator setting '{key}' = {value!r}: expected an integer >= {minimum}."
         )

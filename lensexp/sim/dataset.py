@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from lensexp.checks import check_int
 from lensexp.errors import LensexpError
 from lensexp.sim import writer
 from lensexp.sim.config import load_preset
@@ -186,13 +187,6 @@ def _render_all(
 # ----------------------------------------------------------------------------- the runs
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise LensexpError(f"{name} must be {what}, got {value!r}.")
-    return value
-
-
 def _run(
     task: str,
     out,
@@ -209,27 +203,15 @@ def _run(
     shard: int,
     num_shards: int,
 ) -> Path:
-    _check_int(count_name, count, 1)
-    _check_int("seed", seed, 0)
-    _check_int("num_workers", num_workers, 0)
-    _check_int("num_shards", num_shards, 1)
-    _check_int("shard", shard, 0)
-    if shard >= num_shards:
-        raise LensexpError(
-            f"shard={shard} must be below num_shards={num_shards} (shards count from 0)."
-        )
+    """Make this shard of a dataset in `out`: check the inputs, plan every file, prepare the
+    folder, render the missing files and write the manifest. Returns the absolute `out`."""
+    _check_counts(count_name, count, seed, num_workers, shard, num_shards)
     if out is None or str(out) in ("", "???"):
         raise LensexpError("out is required: the folder to write the dataset into (out=DIR).")
     out = Path(out).expanduser().absolute()
     cfg = load_preset(preset, overrides)
     sim = Simulator(cfg, task)
-
-    if task == "classification":
-        plan = classification_plan(count, val_fraction)
-        sizes = (writer.npy_size(sim.hr_shape),)
-    else:
-        plan = superres_plan(count, cfg["superres"]["classes"])
-        sizes = (writer.npy_size(sim.hr_shape), writer.npy_size(sim.lr_shape))
+    plan, sizes = _plan(sim, count, val_fraction)
     # By image index, so each shard gets every class in equal measure (vort is the slowest).
     mine = [it for it in plan if it.index % num_shards == shard]
     state = {"format": STATE_FORMAT, "task": task, "seed": seed, "preset": cfg}
@@ -251,21 +233,7 @@ def _run(
         if not all(writer.is_complete(out / f, s) for f, s in zip(it.files, sizes, strict=True))
     ]
     processes = min(resolve_workers(num_workers), max(1, len(pending)))
-    where = f" (shard {shard} of {num_shards})" if num_shards > 1 else ""
-    unit = "images" if task == "classification" else "pairs"
-    if pending:
-        log.info(
-            "%s%s: %d of %d %s present, rendering %d with %d process(es)",
-            out,
-            where,
-            len(mine) - len(pending),
-            len(mine),
-            unit,
-            len(pending),
-            processes,
-        )
-    else:
-        log.info("%s%s: all %d %s present", out, where, len(mine), unit)
+    _log_start(out, task, shard, num_shards, len(mine), len(pending), processes)
     manifest_ok = writer.manifest_rows(out / writer.MANIFEST) == len(plan)
     if pending:
         # No manifest while files are missing: its presence means "dataset complete".
@@ -273,14 +241,73 @@ def _run(
         writer.remove_manifest_part(out, shard, num_shards)
         _render_all(pending, cfg, task, seed, out, processes, progress)
     if pending or not manifest_ok:
-        rows = [_manifest_row(sim, it, seed) for it in mine]
-        columns = list(_manifest_row(sim, plan[0], seed))  # this shard may own no image
         tag = f"{writer.state_hash(state)}-n{count}"
-        if writer.write_manifest(out, rows, columns, shard, num_shards, tag):
-            log.info("%s: wrote %s (%d rows)", out, writer.MANIFEST, len(plan))
-        else:
-            log.info("%s: shard %d done; manifest.csv follows when every shard is done", out, shard)
+        _write_manifest(out, sim, plan, mine, seed, shard, num_shards, tag)
     return out
+
+
+def _check_counts(
+    count_name: str, count: int, seed: int, num_workers: int, shard: int, num_shards: int
+) -> None:
+    check_int(count_name, count, 1)
+    check_int("seed", seed, 0)
+    check_int("num_workers", num_workers, 0)
+    check_int("num_shards", num_shards, 1)
+    check_int("shard", shard, 0)
+    if shard >= num_shards:
+        raise LensexpError(
+            f"shard={shard} must be below num_shards={num_shards} (shards count from 0)."
+        )
+
+
+def _plan(
+    sim: Simulator, count: int, val_fraction: float | None
+) -> tuple[list[Item], tuple[int, ...]]:
+    """Every item of the dataset, and the byte size of a complete file for each of an item's."""
+    hr_size = writer.npy_size(sim.hr_shape)
+    if sim.task == "classification":
+        return classification_plan(count, val_fraction), (hr_size,)
+    plan = superres_plan(count, sim.cfg["superres"]["classes"])
+    return plan, (hr_size, writer.npy_size(sim.lr_shape))
+
+
+def _log_start(
+    out: Path, task: str, shard: int, num_shards: int, n_mine: int, n_pending: int, processes: int
+) -> None:
+    where = f" (shard {shard} of {num_shards})" if num_shards > 1 else ""
+    unit = "images" if task == "classification" else "pairs"
+    if n_pending:
+        log.info(
+            "%s%s: %d of %d %s present, rendering %d with %d process(es)",
+            out,
+            where,
+            n_mine - n_pending,
+            n_mine,
+            unit,
+            n_pending,
+            processes,
+        )
+    else:
+        log.info("%s%s: all %d %s present", out, where, n_mine, unit)
+
+
+def _write_manifest(
+    out: Path,
+    sim: Simulator,
+    plan: list[Item],
+    mine: list[Item],
+    seed: int,
+    shard: int,
+    num_shards: int,
+    tag: str,
+) -> None:
+    """This shard's manifest rows; `manifest.csv` itself once every shard's rows are there."""
+    rows = [_manifest_row(sim, it, seed) for it in mine]
+    columns = list(_manifest_row(sim, plan[0], seed))  # this shard may own no image
+    if writer.write_manifest(out, rows, columns, shard, num_shards, tag):
+        log.info("%s: wrote %s (%d rows)", out, writer.MANIFEST, len(plan))
+    else:
+        log.info("%s: shard %d done; manifest.csv follows when every shard is done", out, shard)
 
 
 def _manifest_row(sim: Simulator, item: Item, seed: int) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lensexp.checks import flatten
 from lensexp.errors import LensexpError
 
 STATE_DIR = ".sim"
@@ -88,18 +89,8 @@ def state_hash(state: dict) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _first_difference(old: dict, new: dict) -> str:
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old, "."), flatten(new, ".")
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
             return f"{key}: {a.get(key)!r} then, {b.get(key)!r} now"
