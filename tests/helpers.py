@@ -16,7 +16,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
-from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -157,54 +156,60 @@ def compose_cfg(tmp_path: Path, overrides: Sequence[str], name: str = "train") -
 
 
 # A tiny re-implementation of the DeepLense reference generator, with its parameter names.
-class _RefConvBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, k: int):
-        super().__init__()
-        self.cnn = nn.Conv2d(cin, cout, k, padding=k // 2)
-        self.actication = nn.PReLU()
+def reference_sr_state_dict(n_blocks: int = 1, channels: int = 64, seed: int = 0) -> dict:
+    """A state dict in the format of the DeepLense reference generator's `superres.pth`, written
+    from its published facts (not from lensexp's model): every PReLU has one slope per channel
+    (`actication`, sic), 9x9 head conv, 3x3 tail conv, pixel-shuffle upsampler. Values are
+    random; slopes are distinct per channel so that a mix-up would show in the outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    c = channels
 
-    def forward(self, x):
-        return self.actication(self.cnn(x))
+    def rand(*shape: int, scale: float = 0.05) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * scale
 
+    def slopes() -> torch.Tensor:
+        return torch.rand(c, generator=gen) * 0.5 + 0.05
 
-class _RefResBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.b1 = _RefConvBlock(c, c, 3)
-        self.b2 = _RefConvBlock(c, c, 3)
-
-    def forward(self, x):
-        return x + self.b2(self.b1(x))
-
-
-class _RefUpsample(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, 4 * c, 3, padding=1)
-        self.ps = nn.PixelShuffle(2)
-        self.activation = nn.PReLU()
-
-    def forward(self, x):
-        return self.activation(self.ps(self.conv(x)))
-
-
-class RefGenerator(nn.Module):
-    def __init__(self, n_blocks: int = 1, c: int = 64, bare_conv1: bool = False):
-        super().__init__()
-        self.first_conv = _RefConvBlock(1, c, 9)
-        self.res_blocks = nn.Sequential(*(_RefResBlock(c) for _ in range(n_blocks)))
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1) if bare_conv1 else _RefConvBlock(c, c, 3)
-        self.upsampling = _RefUpsample(c)
-        self.last_conv = nn.Conv2d(c, 1, 3, padding=1)
-
-    def forward(self, x):
-        head = self.first_conv(x)
-        return self.last_conv(self.upsampling(self.conv1(self.res_blocks(head)) + head))
+    state = {
+        "first_conv.cnn.weight": rand(c, 1, 9, 9),
+        "first_conv.cnn.bias": rand(c),
+        "first_conv.actication.weight": slopes(),
+    }
+    for i in range(n_blocks):
+        for half in ("b1", "b2"):
+            state[f"res_blocks.{i}.{half}.cnn.weight"] = rand(c, c, 3, 3)
+            state[f"res_blocks.{i}.{half}.cnn.bias"] = rand(c)
+            state[f"res_blocks.{i}.{half}.actication.weight"] = slopes()
+    state |= {
+        "conv1.cnn.weight": rand(c, c, 3, 3),
+        "conv1.cnn.bias": rand(c),
+        "conv1.actication.weight": slopes(),
+        "upsampling.conv.weight": rand(4 * c, c, 3, 3),
+        "upsampling.conv.bias": rand(4 * c),
+        "upsampling.activation.weight": slopes(),
+        "last_conv.weight": rand(1, c, 3, 3),
+        "last_conv.bias": rand(1),
+    }
+    return state
 
 
-def randomise_prelus(module: nn.Module) -> None:
-    # Distinct slopes so that a mix-up of activations would show in the outputs.
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.PReLU):
-                m.weight.uniform_(0.05, 0.6)
+def reference_sr_forward(state: dict, lr: torch.Tensor) -> torch.Tensor:
+    """The reference generator's forward pass on its own state dict: head conv + PReLU; residual
+    blocks x + PReLU(conv(PReLU(conv(x)))); PReLU(conv1(.)) plus the head output; conv, pixel
+    shuffle x2, PReLU; tail conv."""
+    fn = torch.nn.functional
+
+    def unit(prefix: str, x: torch.Tensor) -> torch.Tensor:
+        weight = state[f"{prefix}.cnn.weight"]
+        x = fn.conv2d(x, weight, state[f"{prefix}.cnn.bias"], padding=weight.shape[-1] // 2)
+        return fn.prelu(x, state[f"{prefix}.actication.weight"])
+
+    head = unit("first_conv", lr)
+    x = head
+    n_blocks = len({k.split(".")[1] for k in state if k.startswith("res_blocks.")})
+    for i in range(n_blocks):
+        x = x + unit(f"res_blocks.{i}.b2", unit(f"res_blocks.{i}.b1", x))
+    x = unit("conv1", x) + head
+    x = fn.conv2d(x, state["upsampling.conv.weight"], state["upsampling.conv.bias"], padding=1)
+    x = fn.prelu(fn.pixel_shuffle(x, 2), state["upsampling.activation.weight"])
+    return fn.conv2d(x, state["last_conv.weight"], state["last_conv.bias"], padding=1)

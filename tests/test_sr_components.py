@@ -30,7 +30,7 @@ from lensexp.models.srresnet import (
     load_generator_weights,
     remap_reference_state_dict,
 )
-from tests.helpers import RefGenerator, compose_cfg, randomise_prelus
+from tests.helpers import compose_cfg, reference_sr_forward, reference_sr_state_dict
 
 
 @pytest.fixture(autouse=True)
@@ -78,21 +78,36 @@ def test_global_residual_adds_bicubic():
     torch.testing.assert_close(net(x), expected)
 
 
-@pytest.mark.parametrize("n_blocks,bare_conv1", [(1, False), (2, False), (1, True)])
-def test_reference_state_dict_loads_and_reproduces(tmp_path, n_blocks, bare_conv1):
-    ref = RefGenerator(n_blocks, bare_conv1=bare_conv1)
-    randomise_prelus(ref)
-    state = ref.state_dict()
-    assert "first_conv.actication.weight" in state and "upsampling.activation.weight" in state
-    path = tmp_path / "reference_generator.pth"
+@pytest.mark.parametrize("n_blocks", [1, 2])
+def test_reference_state_dict_loads_and_reproduces(tmp_path, n_blocks):
+    state = reference_sr_state_dict(n_blocks)
+    path = tmp_path / "superres.pth"
     torch.save(state, path)
 
     net = SRResNet(scale=2, n_blocks=n_blocks, channels=64, batch_norm=False, activation="prelu")
     assert load_generator_weights(net, str(path)) is True
+    # Every parameter of the network comes from the file, and every key of the file is used.
+    assert set(remap_reference_state_dict(state)) == set(net.state_dict())
     x = torch.rand(2, 1, 24, 24)
     with torch.no_grad():
-        torch.testing.assert_close(net(x), ref(x), rtol=1e-5, atol=1e-6)
-    assert set(remap_reference_state_dict(state)) <= set(net.state_dict())
+        torch.testing.assert_close(net(x), reference_sr_forward(state, x), rtol=1e-5, atol=1e-6)
+
+
+def test_srgan_layout():
+    net = SRResNet(n_blocks=2, channels=8, layout="srgan", batch_norm=True)
+    names = set(net.state_dict())
+    assert "body.0.first.act.weight" in names and "body.0.second.bn.weight" in names
+    assert not any(n.startswith(("body.0.second.act", "body_conv.act")) for n in names)
+    assert net.tail.kernel_size == (9, 9)
+    assert net(torch.rand(1, 1, 12, 12)).shape == (1, 1, 24, 24)
+    with pytest.raises(LensexpError, match=r"model\.generator\.layout=paper: not a valid"):
+        SRResNet(layout="paper")
+
+
+def test_prelu_has_one_slope_per_channel():
+    net = SRResNet(n_blocks=1, channels=8, activation="prelu")
+    slopes = {k: v.shape for k, v in net.state_dict().items() if k.endswith("act.weight")}
+    assert slopes and set(slopes.values()) == {torch.Size([8])}
 
 
 def test_generator_weights_from_own_and_wrapped_checkpoints(tmp_path):
@@ -113,7 +128,7 @@ def test_generator_weights_from_own_and_wrapped_checkpoints(tmp_path):
 
 
 def test_generator_weights_errors(tmp_path):
-    torch.save(RefGenerator().state_dict(), tmp_path / "ref.pth")
+    torch.save(reference_sr_state_dict(), tmp_path / "ref.pth")
     with pytest.raises(LensexpError, match=r"model\.pretrained=.*do not fit.*channels"):
         load_generator_weights(SRResNet(n_blocks=1, channels=32), tmp_path / "ref.pth")
     with pytest.raises(LensexpError, match="no ImageNet weights"):
@@ -126,15 +141,15 @@ def test_generator_weights_errors(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,option",
     [
-        ({"scale": 3}, "model.scale=3"),
-        ({"activation": "gelu"}, "model.activation=gelu"),
-        ({"upsampler": "bilinear"}, "model.upsampler=bilinear"),
-        ({"n_blocks": -1}, "model.n_blocks=-1"),
-        ({"global_residual": True, "out_channels": 3}, "model.global_residual"),
+        ({"scale": 3}, "model.generator.scale=3"),
+        ({"activation": "gelu"}, "model.generator.activation=gelu"),
+        ({"upsampler": "bilinear"}, "model.generator.upsampler=bilinear"),
+        ({"n_blocks": -1}, "model.generator.n_blocks=-1"),
+        ({"global_residual": True, "out_channels": 3}, "model.generator.global_residual"),
     ],
 )
 def test_generator_bad_options(kwargs, option):
-    with pytest.raises(LensexpError, match=option.replace(".", r"\.")):
+    with pytest.raises(LensexpError, match="^" + option.replace(".", r"\.")):
         SRResNet(**kwargs)
 
 

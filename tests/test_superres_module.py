@@ -34,7 +34,13 @@ from lensexp.models.discriminator import Discriminator
 from lensexp.models.srresnet import SRResNet
 from lensexp.reporting.superres import output_names, write_superres_report
 from lensexp.tasks.superres import AdversarialSRModule, SuperResolutionModule
-from tests.helpers import CONF, RefGenerator, compose_cfg, make_superres_folder, randomise_prelus
+from tests.helpers import (
+    CONF,
+    compose_cfg,
+    make_superres_folder,
+    reference_sr_forward,
+    reference_sr_state_dict,
+)
 
 VAL_KEYS = [
     f"val/{m}{suffix}"
@@ -470,18 +476,21 @@ def test_bad_options() -> None:
 
 
 def test_pretrained_reference_generator_file(tmp_path: Path) -> None:
-    reference = RefGenerator(n_blocks=1, c=8)
-    randomise_prelus(reference)
+    state = reference_sr_state_dict(n_blocks=1, channels=8)
     path = tmp_path / "reference_generator.pth"
-    torch.save(reference.state_dict(), path)
+    torch.save(state, path)
     generator = tiny_generator(activation="prelu")
     module = make_module(generator=generator, pretrained=str(path), ema_decay=0.9)
     assert module.hparams["pretrained_loaded"] is True
     lr = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(module.generator(lr), reference(lr), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            module.generator(lr), reference_sr_forward(state, lr), rtol=1e-5, atol=1e-6
+        )
         # The EMA starts from the loaded weights.
-        torch.testing.assert_close(module(lr), reference(lr), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            module(lr), reference_sr_forward(state, lr), rtol=1e-5, atol=1e-6
+        )
     assert make_module(pretrained="none").hparams["pretrained_loaded"] is False
     with pytest.raises(LensexpError, match=r"model\.pretrained="):
         make_module(generator=tiny_generator(channels=4), pretrained=str(path))

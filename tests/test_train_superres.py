@@ -18,7 +18,12 @@ from lensexp.evaluation import evaluate
 from lensexp.losses.perceptual import vgg19_layers
 from lensexp.metrics.superres import per_image_metrics
 from lensexp.training import check_compatible, train
-from tests.helpers import RefGenerator, compose_cfg, make_superres_folder
+from tests.helpers import (
+    compose_cfg,
+    make_superres_folder,
+    reference_sr_forward,
+    reference_sr_state_dict,
+)
 
 
 def vgg_file(tmp_path: Path, layer: str = "conv2_2") -> Path:
@@ -108,10 +113,9 @@ def test_best_checkpoint_is_the_highest_psnr(superres_root: Path, tmp_path: Path
 def test_evaluate_reference_weights_without_a_checkpoint(
     superres_root: Path, tmp_path: Path
 ) -> None:
-    torch.manual_seed(0)
-    reference = RefGenerator(n_blocks=1).eval()
-    weights = tmp_path / "reference_generator.pth"
-    torch.save(reference.state_dict(), weights)
+    state = reference_sr_state_dict(n_blocks=1)
+    weights = tmp_path / "superres.pth"
+    torch.save(state, weights)
     cfg = compose_cfg(
         tmp_path,
         ["experiment=reference_srresnet", f"model.pretrained={weights}",
@@ -125,7 +129,9 @@ def test_evaluate_reference_weights_without_a_checkpoint(
     lr = torch.stack([torch.from_numpy(np.load(superres_root / "LR" / n)) for n in names])
     hr = torch.stack([torch.from_numpy(np.load(superres_root / "HR" / n)) for n in names])
     with torch.no_grad():
-        expected = per_image_metrics(reference(lr.float()), hr.float())["psnr"].mean()
+        expected = per_image_metrics(reference_sr_forward(state, lr.float()), hr.float())[
+            "psnr"
+        ].mean()
     assert report["psnr"] == pytest.approx(float(expected), abs=1e-3)
 
 

@@ -1,14 +1,24 @@
 """SRResNet generator (Ledig et al. 2017) for single-channel lensing images, with the knobs exposed.
 
-Layout: 9x9 head conv + activation; `n_blocks` residual blocks of two (3x3 conv [+BN] + activation);
-a 3x3 conv [+BN] + activation whose output is added to the head's output; one x2 upsampling stage
-per factor of two; a 3x3 tail conv. With `global_residual` the bicubic-upsampled input is added
-to the output, so the network only learns the correction to bicubic interpolation.
+Two layouts share the skeleton: a 9x9 head conv + activation; `n_blocks` residual blocks
+x + second(first(x)), each half a 3x3 conv [+BN]; a 3x3 post-body conv [+BN] whose output is
+added to the head's output; one x2 upsampling stage (conv, pixel shuffle or alternative, then
+activation) per factor of two; a tail conv.
 
-The DeepLense Test VI reference solution published its generator (1 block, 64 channels, no batch
-norm, PReLU, pixel shuffle, scale 2) as a plain state dict with its own names;
-`remap_reference_state_dict` translates them, and `load_generator_weights` loads such a file or
-one of lensexp's own checkpoints.
+- `layout="reference"` (the default): the DeepLense Test VI reference generator. An activation
+  also follows the second conv of each block and the post-body conv; 3x3 tail conv.
+- `layout="srgan"`: the SRGAN paper's generator. No activation after a block's second conv or
+  after the post-body conv; 9x9 tail conv. The paper uses it with batch norm
+  (`batch_norm=true`) and PReLU.
+
+PReLU has one slope per channel everywhere (`nn.PReLU(num_parameters=channels)`), as in the
+reference. With `global_residual` the bicubic-upsampled input is added to the output, so the
+network only learns the correction to bicubic interpolation.
+
+The reference solution published its generator (1 block, 64 channels, no batch norm, PReLU,
+pixel shuffle, scale 2) as a plain state dict with its own names; `remap_reference_state_dict`
+translates them, and `load_generator_weights` loads such a file or one of lensexp's own
+checkpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +28,6 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,16 +38,17 @@ from lensexp.models.weights import NO_WEIGHTS, read_state_dict
 SCALES = (2, 4)
 ACTIVATIONS = ("prelu", "leakyrelu", "relu")
 UPSAMPLERS = ("pixelshuffle", "transposed", "upsample_conv")
+LAYOUTS = ("reference", "srgan")
 # Prefix of the option names in error messages (the Hydra path of the generator's config).
-OPTION = "model"
+OPTION = "model.generator"
 
 
-def make_activation(name: str) -> nn.Module:
-    """The activation called `name` (prelu|leakyrelu|relu)."""
+def make_activation(name: str, channels: int) -> nn.Module:
+    """The activation called `name` (prelu|leakyrelu|relu) for `channels` feature maps."""
     check_choice(f"{OPTION}.activation", name, ACTIVATIONS)
     if name == "prelu":
-        # One shared slope, as torch's default nn.PReLU() and the reference generator.
-        return nn.PReLU()
+        # One slope per channel, as the reference generator (and the SRGAN paper) has it.
+        return nn.PReLU(num_parameters=channels)
     if name == "leakyrelu":
         # BasicSR's MSRResNet slope.
         return nn.LeakyReLU(0.1)
@@ -46,9 +56,13 @@ def make_activation(name: str) -> nn.Module:
 
 
 def conv_unit(
-    in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool, activation: str
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    batch_norm: bool,
+    activation: str | None,
 ) -> nn.Sequential:
-    """`conv` (same padding) [+ `bn`] + `act`, as a Sequential with those child names."""
+    """`conv` (same padding) [+ `bn`] [+ `act`], as a Sequential with those child names."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     # A bias before batch norm is cancelled by its mean subtraction.
     layers["conv"] = nn.Conv2d(
@@ -56,17 +70,23 @@ def conv_unit(
     )
     if batch_norm:
         layers["bn"] = nn.BatchNorm2d(out_channels)
-    layers["act"] = make_activation(activation)
+    if activation is not None:
+        layers["act"] = make_activation(activation, out_channels)
     return nn.Sequential(layers)
 
 
 class ResidualBlock(nn.Module):
-    """x + second(first(x)), each a 3x3 conv [+BN] + activation."""
+    """x + second(first(x)), each a 3x3 conv [+BN] + activation (`second` without one when
+    `activate_second` is false, as in SRGAN)."""
 
-    def __init__(self, channels: int, batch_norm: bool, activation: str) -> None:
+    def __init__(
+        self, channels: int, batch_norm: bool, activation: str, activate_second: bool = True
+    ) -> None:
         super().__init__()
         self.first = conv_unit(channels, channels, 3, batch_norm, activation)
-        self.second = conv_unit(channels, channels, 3, batch_norm, activation)
+        self.second = conv_unit(
+            channels, channels, 3, batch_norm, activation if activate_second else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.second(self.first(x))
@@ -87,15 +107,15 @@ def upsample_stage(channels: int, upsampler: str, activation: str) -> nn.Sequent
         # Resize-then-convolve (Odena et al. 2016) avoids checkerboard artefacts altogether.
         layers["resize"] = nn.Upsample(scale_factor=2, mode="nearest")
         layers["conv"] = nn.Conv2d(channels, channels, 3, padding=1)
-    layers["act"] = make_activation(activation)
+    layers["act"] = make_activation(activation, channels)
     return nn.Sequential(layers)
 
 
 class SRResNet(nn.Module):
     """SRResNet generator: (N, in_channels, H, W) -> (N, out_channels, scale*H, scale*W).
 
-    The defaults are the SRGAN paper's generator without batch norm; the DeepLense reference is
-    `SRResNet(scale=2, n_blocks=1, batch_norm=False, activation="prelu")`.
+    The DeepLense reference generator is `SRResNet(scale=2, n_blocks=1, batch_norm=False,
+    activation="prelu")`; the SRGAN paper's is `SRResNet(layout="srgan", batch_norm=True)`.
     """
 
     def __init__(
@@ -109,8 +129,10 @@ class SRResNet(nn.Module):
         activation: str = "prelu",
         upsampler: str = "pixelshuffle",
         global_residual: bool = False,
+        layout: str = "reference",
     ) -> None:
         super().__init__()
+        check_choice(f"{OPTION}.layout", layout, LAYOUTS)
         check_choice(f"{OPTION}.scale", scale, SCALES)
         check_choice(f"{OPTION}.activation", activation, ACTIVATIONS)
         check_choice(f"{OPTION}.upsampler", upsampler, UPSAMPLERS)
@@ -125,24 +147,23 @@ class SRResNet(nn.Module):
             )
         self.scale = scale
         self.global_residual = global_residual
+        reference = layout == "reference"
 
-        self.head = nn.Sequential(
-            OrderedDict(
-                conv=nn.Conv2d(in_channels, channels, 9, padding=4),
-                act=make_activation(activation),
-            )
-        )
+        self.head = conv_unit(in_channels, channels, 9, False, activation)
         self.body = nn.Sequential(
-            *(ResidualBlock(channels, batch_norm, activation) for _ in range(n_blocks))
+            *(ResidualBlock(channels, batch_norm, activation, reference) for _ in range(n_blocks))
         )
-        self.body_conv = conv_unit(channels, channels, 3, batch_norm, activation)
+        self.body_conv = conv_unit(
+            channels, channels, 3, batch_norm, activation if reference else None
+        )
         self.upsample = nn.Sequential(
             *(
                 upsample_stage(channels, upsampler, activation)
                 for _ in range(scale.bit_length() - 1)
             )
         )
-        self.tail = nn.Conv2d(channels, out_channels, 3, padding=1)
+        tail_kernel = 3 if reference else 9
+        self.tail = nn.Conv2d(channels, out_channels, tail_kernel, padding=tail_kernel // 2)
 
     def forward(self, x: Tensor) -> Tensor:
         head = self.head(x)
@@ -170,7 +191,6 @@ _REFERENCE_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^conv1\.cnn\.", "body_conv.conv."),
     (r"^conv1\.bn\.", "body_conv.bn."),
     (r"^conv1\.actication\.", "body_conv.act."),
-    (r"^conv1\.(weight|bias)$", r"body_conv.conv.\1"),
     # One stage is stored unindexed (upsampling.conv.*), several as upsampling.N.conv.*.
     (r"^upsampling\.(conv|activation|actication)\.", r"upsampling.0.\1."),
     (r"^upsampling\.(\d+)\.conv\.", r"upsample.\1.conv."),
@@ -191,14 +211,6 @@ def remap_reference_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]
         for pattern, repl in _REFERENCE_RENAMES:
             new = re.sub(pattern, repl, new)
         out[new] = value
-    if (
-        "body_conv.conv.weight" in out
-        and "body_conv.act.weight" not in out
-        and any(re.match(r"^(module\.)?conv1\.weight$", k) for k in state)
-    ):
-        # A bare conv1 has no activation after it; PReLU with slope 1 is the identity, so the
-        # PReLU generator reproduces that network exactly (and may learn a slope later).
-        out["body_conv.act.weight"] = torch.ones(1, dtype=out["body_conv.conv.weight"].dtype)
     return out
 
 
@@ -219,7 +231,7 @@ def _strip_wrapper_prefix(state: dict[str, Tensor], expected: set[str]) -> dict[
 
 
 def load_generator_weights(
-    model: nn.Module, spec: str | os.PathLike | None, option: str = f"{OPTION}.pretrained"
+    model: nn.Module, spec: str | os.PathLike | None, option: str = "model.pretrained"
 ) -> bool:
     """Load generator weights from `spec`; return whether weights were loaded.
 
@@ -246,6 +258,6 @@ def load_generator_weights(
         raise LensexpError(
             f"{option}={spec}: the weights do not fit this generator ({detail[:400]}); set the "
             f"{OPTION}.* architecture options (n_blocks, channels, batch_norm, activation, "
-            f"upsampler, scale) to those the file was trained with."
+            f"upsampler, layout, scale) to those the file was trained with."
         ) from err
     return True
