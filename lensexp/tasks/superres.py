@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -196,6 +195,7 @@ class SuperResolutionModule(TaskModule):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["generator_steps"] = self.generator_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -213,7 +213,7 @@ class SuperResolutionModule(TaskModule):
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self._log_terms("val/loss_", terms, n, on_epoch=True, sync_dist=True)
         have = sum(chunk.shape[1] for chunk in self._samples)
-        if have < self.n_samples and self._tensorboard() is not None:
+        if have < self.n_samples and self.tensorboard() is not None:
             k = self.n_samples - have
             images = (self._upsample_nearest(lr[:k]), bicubic[:k], sr[:k].clamp(0, 1), hr[:k])
             # float32 first: under mixed precision SR may be half while the others are not.
@@ -239,18 +239,10 @@ class SuperResolutionModule(TaskModule):
     def _upsample_nearest(self, lr: Tensor) -> Tensor:
         return F.interpolate(lr, scale_factor=self.scale, mode="nearest").clamp(0, 1)
 
-    def _tensorboard(self) -> Any:
-        if self._trainer is None or self.trainer.sanity_checking:
-            return None
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
-
     def _log_image_grid(self) -> None:
         """Rows LR (nearest) | bicubic | SR | HR | |SR-HR| (scaled to its maximum), a column per
         sample; the samples are the first validation items of this process."""
-        writer = self._tensorboard()
+        writer = self.tensorboard()
         if writer is None or not self._samples or not self.trainer.is_global_zero:
             return
         lr, bicubic, sr, hr = torch.cat(self._samples, dim=1)
