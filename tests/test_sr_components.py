@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from omegaconf import OmegaConf
 from torch import nn
 
 import lensexp.models.weights as weights_module
@@ -453,56 +452,60 @@ def test_bicubic_upsample():
 # --- loss configs ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["mse", "l1", "vgg", "adversarial", "srgan"])
-def test_loss_configs_instantiate(tmp_path, name):
-    cfg = compose_cfg(tmp_path, ["model=srresnet", f"loss={name}"]).loss
-    if "perceptual" in cfg:
-        assert cfg.perceptual.layer == "conv5_4" and cfg.perceptual.before_activation
-        assert cfg.weights == "imagenet"
+# The terms of each loss option as the reference README and the SRGAN paper give them (and, for
+# esrgan, BasicSR's weights): (pixel criterion, weight) | None, (VGG criterion, weight, before
+# its ReLU) | None, GAN weight | None.
+LOSS_TERMS = {
+    "mse": (("mse", 1.0), None, None),
+    "l1": (("l1", 1.0), None, None),
+    "vgg": (("mse", 1.0), ("mse", 1 / 12.75**2, False), None),
+    "adversarial": (("mse", 1.0), None, 1e-3),
+    "srgan": (None, ("mse", 1 / 12.75**2, False), 1e-3),
+    "esrgan": (("l1", 1e-2), ("l1", 1.0, True), 5e-3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_TERMS))
+def test_loss_configs_are_the_stated_recipes(tmp_path, name):
+    cfg = compose_cfg(tmp_path, ["model=srresnet", f"loss={name}"])
+    pixel, perceptual, gan = LOSS_TERMS[name]
+    loss_cfg = cfg.loss
+    if perceptual is not None:
+        assert loss_cfg.weights == "imagenet" and loss_cfg.perceptual.layer == "conv5_4"
         # Offline and fast: random weights on a shallow layer.
-        cfg.weights = "random"
-        cfg.perceptual.layer = "conv1_1"
-    if "adversarial" in cfg:
-        assert cfg.adversarial.weight == 5e-3
-    loss = hydra.utils.instantiate(cfg)
+        loss_cfg.weights = "random"
+        loss_cfg.perceptual.layer = "conv1_1"
+    loss = hydra.utils.instantiate(loss_cfg)
     assert isinstance(loss, SuperResolutionLoss) and loss.task == "superres"
-    gan = name in ("adversarial", "srgan")
-    assert (loss.adversarial is not None) == gan
+    if pixel is None:
+        assert loss.pixel is None
+    else:
+        assert (loss.pixel.criterion, loss.pixel.weight) == pytest.approx(pixel)
+    if perceptual is None:
+        assert loss.perceptual is None
+    else:
+        p = loss.perceptual
+        assert (p.criterion, p.before_activation) == (perceptual[0], perceptual[2])
+        assert p.weight == pytest.approx(perceptual[1], rel=1e-3)
+    if gan is None:
+        assert loss.adversarial is None and cfg.model._target_.endswith(".SuperResolutionModule")
+    else:
+        assert loss.adversarial.gan_type == "vanilla"  # BCE with logits
+        assert loss.adversarial.weight == pytest.approx(gan)
+        assert cfg.model._target_.endswith(".AdversarialSRModule") and "discriminator" in cfg.model
     sr, hr = torch.rand(2, 1, 32, 32, requires_grad=True), torch.rand(2, 1, 32, 32)
     total, terms = loss(sr, hr, fake_logits=torch.zeros(2, 1) if gan else None)
-    expected = {"pixel"} | ({"perceptual"} if "perceptual" in cfg else set())
-    expected |= {"adversarial"} if gan else set()
+    expected = {
+        n
+        for n, t in zip(("pixel", "perceptual", "adversarial"), LOSS_TERMS[name], strict=True)
+        if t
+    }
     assert set(terms) == expected
     total.backward()
     assert sr.grad is not None
-
-
-def test_srgan_is_vgg_plus_the_gan_term(tmp_path):
-    # The SRGAN/ESRGAN recipe of BasicSR, composed from loss=vgg and loss=adversarial.
-    cfg = compose_cfg(tmp_path, ["model=srresnet", "loss=srgan"])
-    assert OmegaConf.to_container(cfg.loss) == {
-        "_target_": "lensexp.losses.superres.SuperResolutionLoss",
-        "weights": "imagenet",
-        "pixel": {"_target_": "lensexp.losses.pixel.PixelLoss", "criterion": "l1", "weight": 1e-2},
-        "perceptual": {
-            "_target_": "lensexp.losses.perceptual.PerceptualLoss",
-            "_partial_": True,
-            "layer": "conv5_4",
-            "before_activation": True,
-            "criterion": "l1",
-            "weight": 1.0,
-        },
-        "adversarial": {
-            "_target_": "lensexp.losses.adversarial.GANLoss",
-            "gan_type": "vanilla",
-            "weight": 5e-3,
-        },
-    }
-    vgg = compose_cfg(tmp_path, ["model=srresnet", "loss=vgg"])
-    adversarial = compose_cfg(tmp_path, ["model=srresnet", "loss=adversarial"])
-    assert (vgg.loss.pixel.weight, adversarial.loss.pixel.weight) == (1e-2, 1.0)
-    # The same adversarial module and discriminator as loss=adversarial.
-    assert cfg.model == adversarial.model
+    if gan is not None:
+        # Every GAN loss trains the same adversarial module and discriminator.
+        assert cfg.model == compose_cfg(tmp_path, ["model=srresnet", "loss=adversarial"]).model
 
 
 def test_loss_weights_build_the_perceptual_term():

@@ -206,7 +206,8 @@ def test_training_with_each_loss(tmp_path: Path, name: str) -> None:
     metrics = t.callback_metrics
     assert changed(gen_before, module.generator)
     assert module.generator_steps == 2
-    assert "train/loss" in metrics and "train/loss_pixel" in metrics
+    assert "train/loss" in metrics
+    assert ("train/loss_pixel" in metrics) == (name != "srgan")  # SRGAN's loss has no pixel term
     assert set(VAL_KEYS) <= set(metrics)
     gen_ids = {id(p) for p in module.generator.parameters()}
     if name in ("vgg", "srgan"):
@@ -293,7 +294,7 @@ def test_hparams_record_choices_not_modules() -> None:
     assert hp["discriminator"] == "Discriminator" and hp["discriminator_parameters"] > 0
     assert (hp["discriminator_warmup_steps"], hp["gradient_clip_val"]) == (0, 0.5)
     assert hp["gradient_clip_algorithm"] == "norm"
-    assert (hp["loss"]["gan_type"], hp["loss"]["gan_weight"]) == ("vanilla", 5e-3)
+    assert (hp["loss"]["gan_type"], hp["loss"]["gan_weight"]) == ("vanilla", 1e-3)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -694,17 +695,8 @@ def test_experiments_compose(name: str) -> None:
     module = "AdversarialSRModule" if name == "trail_adversarial" else "SuperResolutionModule"
     assert cfg.model._target_ == f"lensexp.tasks.superres.{module}"
     assert cfg.data._target_.endswith("SuperResolutionDataModule")
-    assert (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()[1].startswith("# ")
     generator = instantiate(cfg.model.generator)
     assert isinstance(generator, SRResNet)
-    if name == "reference_srresnet":
-        g = cfg.model.generator
-        assert (g.n_blocks, g.channels, g.batch_norm, g.activation, g.upsampler) == (
-            1, 64, False, "prelu", "pixelshuffle",
-        )  # fmt: skip
-        assert cfg.loss.pixel.criterion == "mse" and cfg.optimizer.lr == 1e-4
-        assert cfg.data.batch_size == 16 and cfg.scheduler.monitor == "val/loss"
-        assert (cfg.scheduler.scheduler.factor, cfg.scheduler.scheduler.patience) == (0.1, 1)
     if name == "trail_adversarial":
         assert isinstance(instantiate(cfg.model.discriminator), Discriminator)
         assert "adversarial" in cfg.loss and "discriminator" not in cfg.loss
