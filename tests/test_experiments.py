@@ -91,3 +91,23 @@ def test_sweep_files_cover_every_trail_and_change() -> None:
 def test_a_sweep_job_is_the_trail_it_names(tmp_path: Path, trail: str) -> None:
     job = composed(tmp_path, "experiment=sr_trails", f"+experiment@_global_={trail}")
     assert job == composed(tmp_path, f"experiment={trail}")
+
+
+def test_reference_srresnet_is_the_released_run(tmp_path: Path) -> None:
+    cfg = composed(tmp_path, "experiment=reference_srresnet")
+    generator = {k.removeprefix("model.generator."): v for k, v in cfg.items()
+                 if k.startswith("model.generator.")}  # fmt: skip
+    assert {k: generator[k] for k in ("n_blocks", "channels", "batch_norm", "activation",
+                                      "upsampler", "layout")} == {  # fmt: skip
+        "n_blocks": 1, "channels": 64, "batch_norm": False, "activation": "prelu",
+        "upsampler": "pixelshuffle", "layout": "reference",
+    }  # fmt: skip
+    assert cfg["loss.pixel.criterion"] == "mse" and "loss.perceptual._target_" not in cfg
+    assert (cfg["optimizer._target_"], cfg["optimizer.lr"]) == ("torch.optim.Adam", 1e-4)
+    assert cfg["scheduler.scheduler._target_"].endswith("ReduceLROnPlateau")
+    assert (cfg["scheduler.scheduler.factor"], cfg["scheduler.scheduler.patience"]) == (0.9, 4)
+    assert cfg["scheduler.monitor"] == "val/loss"
+    assert (cfg["data.batch_size"], cfg["trainer.max_epochs"], cfg["data.val_fraction"]) == (
+        16, 30, 0.1)  # fmt: skip
+    assert cfg["data.augment.flips"] is False and cfg["data.augment.rot90"] is False
+    assert cfg["monitor"] == "val/psnr"
