@@ -52,6 +52,7 @@ def test_sweep_report_pools_seeds(classification_root: Path, tmp_path: Path) -> 
     assert "| `optimizer.lr=0.01` | 2 |" in report and (sweep / "report.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_reported_and_the_others_run(
     classification_root: Path, tmp_path: Path
 ) -> None:

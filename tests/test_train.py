@@ -99,6 +99,7 @@ def test_short_training_writes_results_and_picks_the_best_checkpoint(
     assert (out / "best_val" / "roc_curve.png").is_file()
 
 
+@pytest.mark.slow
 def test_short_run_through_the_script(classification_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.run(
@@ -119,6 +120,7 @@ def test_short_run_through_the_script(classification_root: Path, tmp_path: Path)
     assert {"val/confusion_matrix", "val/roc_curve"} <= set(tb.Tags()["images"])
 
 
+@pytest.mark.slow
 def test_incompatible_choice_fails_in_one_line_before_any_work(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "train.py", "loss=vgg", f"hydra.run.dir={tmp_path / 'run'}",
@@ -252,6 +254,7 @@ def test_missing_data_root_is_one_clear_error(tmp_path: Path) -> None:
         train(cfg)
 
 
+@pytest.mark.slow
 def test_resume_needs_only_the_checkpoint(classification_root: Path, tmp_path: Path) -> None:
     first = train(compose_cfg(tmp_path, quick(classification_root, "debug=limit")))
     assert first["epochs"] == 2 and first["global_step"] == 2 * 3
@@ -375,6 +378,7 @@ def test_no_import_cycles_among_lensexp_modules() -> None:
     assert "lensexp.training" not in graph["lensexp.evaluation"]
 
 
+@pytest.mark.slow
 def test_error_inside_instantiate_is_one_line(classification_root: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "train.py", *quick(classification_root, "model.input_adapter=sideways"),
@@ -399,6 +403,7 @@ def test_evaluate_without_weights_refuses(
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_seeded_deterministic_runs_agree_and_record_provenance(
     classification_root: Path, tmp_path: Path
 ) -> None:

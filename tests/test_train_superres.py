@@ -84,6 +84,7 @@ def test_fast_dev_run_every_loss(superres_root: Path, tmp_path: Path, loss: str)
     assert set(report) == {"mse", "psnr", "ssim", "n", "bicubic"} and report["n"] == 4
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_highest_psnr(superres_root: Path, tmp_path: Path) -> None:
     cfg = compose_cfg(tmp_path, sr_quick(superres_root, tmp_path, "mse", "trainer.max_epochs=4"))
     results = train(cfg)
@@ -110,6 +111,7 @@ def test_best_checkpoint_is_the_highest_psnr(superres_root: Path, tmp_path: Path
     assert np.load(out / "sr" / saved[0]).shape == (1, 150, 150)
 
 
+@pytest.mark.slow
 def test_evaluate_reference_weights_without_a_checkpoint(
     superres_root: Path, tmp_path: Path
 ) -> None:
