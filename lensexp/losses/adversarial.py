@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lensexp.errors import LensexpError
+from lensexp.checks import check_choice
 
 GAN_TYPES = ("vanilla", "lsgan", "hinge")
 
@@ -29,12 +29,7 @@ class GANLoss(nn.Module):
 
     def __init__(self, gan_type: str = "vanilla", weight: float = 5e-3) -> None:
         super().__init__()
-        if gan_type not in GAN_TYPES:
-            raise LensexpError(
-                f"loss.adversarial.gan_type={gan_type}: not a valid value; use one of "
-                f"{'|'.join(GAN_TYPES)}."
-            )
-        self.gan_type = gan_type
+        self.gan_type = check_choice("loss.adversarial.gan_type", gan_type, GAN_TYPES)
         self.weight = float(weight)
 
     def forward(

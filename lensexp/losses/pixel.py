@@ -5,16 +5,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lensexp.errors import LensexpError
+from lensexp.checks import check_choice
 
 CRITERIA = ("mse", "l1")
 
 
 def check_criterion(criterion: str, option: str) -> str:
     """Return `criterion` if it is mse|l1, else raise a LensexpError naming `option`."""
-    if criterion not in CRITERIA:
-        raise LensexpError(f"{option}={criterion}: not a valid criterion; use one of mse|l1.")
-    return criterion
+    return check_choice(option, criterion, CRITERIA)
 
 
 def distance(a: Tensor, b: Tensor, criterion: str) -> Tensor:

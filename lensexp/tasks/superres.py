@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MaxMetric
 from torchvision.utils import make_grid
 
+from lensexp.checks import check_choice, check_int
 from lensexp.errors import LensexpError
 from lensexp.metrics.superres import METRICS, SRMetrics, bicubic_upsample, per_image_metrics
 from lensexp.models.srresnet import load_generator_weights
@@ -40,7 +41,7 @@ def check_arguments(
     if getattr(loss, "task", None) != task:
         raise LensexpError(
             f"loss: {type(loss).__name__} is not a super-resolution loss; use loss=mse|l1|vgg|"
-            f"adversarial|srgan."
+            f"adversarial|srgan|esrgan."
         )
     generator_scale = getattr(generator, "scale", None)
     if generator_scale is not None and int(generator_scale) != int(scale):
@@ -142,7 +143,7 @@ class SuperResolutionModule(TaskModule):
             raise LensexpError(
                 f"loss.adversarial: a GAN term needs the module that owns the discriminator, "
                 f"{AdversarialSRModule.__module__}.AdversarialSRModule, which loss=adversarial|"
-                f"srgan selects (conf/model/gan/); model._target_ is {type(self).__qualname__}."
+                f"srgan|esrgan selects (conf/model/gan/); model._target_ is {type(self).__qualname__}."
             )
 
     def record_hyperparameters(self, **found: Any) -> None:
@@ -335,10 +336,7 @@ class AdversarialSRModule(SuperResolutionModule):
         super().__init__(
             generator, loss, optimizer, scale, scheduler, pretrained, ema_decay, n_samples
         )
-        if int(discriminator_warmup_steps) < 0:
-            raise LensexpError(
-                f"model.discriminator_warmup_steps={discriminator_warmup_steps}: must be >= 0."
-            )
+        check_int("model.discriminator_warmup_steps", discriminator_warmup_steps, 0)
         if discriminator_warmup_steps and not loss.has_content_term:
             raise LensexpError(
                 f"model.discriminator_warmup_steps={discriminator_warmup_steps} needs a pixel or "
@@ -350,11 +348,7 @@ class AdversarialSRModule(SuperResolutionModule):
                 f"model.gradient_clip_val={gradient_clip_val}: must be > 0, or null for no "
                 f"clipping."
             )
-        if gradient_clip_algorithm not in CLIP_ALGORITHMS:
-            raise LensexpError(
-                f"model.gradient_clip_algorithm={gradient_clip_algorithm}: use one of "
-                f"{'|'.join(CLIP_ALGORITHMS)}."
-            )
+        check_choice("model.gradient_clip_algorithm", gradient_clip_algorithm, CLIP_ALGORITHMS)
         self.discriminator = discriminator
         self.discriminator_warmup_steps = int(discriminator_warmup_steps)
         self.gradient_clip_val = None if gradient_clip_val is None else float(gradient_clip_val)
@@ -370,7 +364,7 @@ class AdversarialSRModule(SuperResolutionModule):
         if getattr(loss, "adversarial", None) is None:
             raise LensexpError(
                 f"model._target_={type(self).__qualname__} trains a discriminator, but the loss "
-                f"has no adversarial term; use loss=adversarial|srgan."
+                f"has no adversarial term; use loss=adversarial|srgan|esrgan."
             )
 
     @property
