@@ -460,9 +460,13 @@ def test_bad_options() -> None:
         make_module(loss=nn.CrossEntropyLoss())
     gan = make_loss("adversarial")
     # The plain module cannot train a GAN term, the adversarial one needs it.
-    with pytest.raises(LensexpError, match=r"AdversarialSRModule, which loss=adversarial\|srgan\|esrgan"):
+    with pytest.raises(
+        LensexpError, match=r"AdversarialSRModule, which loss=adversarial\|srgan\|esrgan"
+    ):
         SuperResolutionModule(tiny_generator(), gan, partial(torch.optim.Adam), scale=2)
-    with pytest.raises(LensexpError, match=r"no adversarial term; use loss=adversarial\|srgan\|esrgan"):
+    with pytest.raises(
+        LensexpError, match=r"no adversarial term; use loss=adversarial\|srgan\|esrgan"
+    ):
         AdversarialSRModule(
             tiny_generator(), tiny_discriminator(), make_loss("mse"), torch.optim.Adam, scale=2
         )
@@ -472,7 +476,9 @@ def test_bad_options() -> None:
         make_module(SuperResolutionLoss(adversarial=GANLoss()), discriminator_warmup_steps=5)
     with pytest.raises(LensexpError, match=r"model\.gradient_clip_val=0"):
         make_module(gan, gradient_clip_val=0)
-    with pytest.raises(LensexpError, match=r"model\.gradient_clip_algorithm=l2: not a valid value; use one of"):
+    with pytest.raises(
+        LensexpError, match=r"model\.gradient_clip_algorithm=l2: not a valid value; use one of"
+    ):
         make_module(gan, gradient_clip_algorithm="l2")
 
 
