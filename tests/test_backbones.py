@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from torch import Tensor, nn
 
 import lensexp.models.weights as weights_module
@@ -260,3 +261,48 @@ def test_bad_options_are_one_line_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(LensexpError, match=message) as err:
         ImageClassifier(pretrained="none", **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_imagenet_weights_version_reaches_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = []
+    source = torchvision.models.mobilenet_v3_small().state_dict()
+    monkeypatch.setattr(
+        weights_module, "fetch_torchvision_weights", lambda w: asked.append(w) or source
+    )
+    model = ImageClassifier(
+        "mobilenet_v3_small", pretrained="imagenet", imagenet_weights="IMAGENET1K_V1"
+    )
+    assert asked == [torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1]
+    assert model.pretrained_loaded
+    torch.testing.assert_close(model.net.features[0][0].weight, source["features.0.0.weight"])
+    with pytest.raises(LensexpError, match=r"^model\.imagenet_weights=V9: not a valid value"):
+        ImageClassifier("mobilenet_v3_small", pretrained="none", imagenet_weights="V9")
+
+
+def test_reference_format_classifier_loads_and_reproduces(tmp_path: Path) -> None:
+    # The reference notebook's network: torchvision's MobileNetV3-Large whose whole classifier
+    # is one Linear(960, 3); its state dict is features.* plus classifier.0.{weight,bias}.
+    torch.manual_seed(0)
+    reference = torchvision.models.mobilenet_v3_large()
+    reference.classifier = nn.Sequential(nn.Linear(960, 3))
+    reference.eval()
+    state = reference.state_dict()
+    assert {k for k in state if not k.startswith("features.")} == {
+        "classifier.0.weight", "classifier.0.bias",
+    }  # fmt: skip
+    assert state["classifier.0.weight"].shape == (3, 960)
+    path = tmp_path / "reference_classifier.pth"
+    torch.save(state, path)
+
+    model = ImageClassifier(
+        "mobilenet_v3_large", pretrained=str(path), head="linear", normalize="none"
+    ).eval()
+    assert model.pretrained_loaded
+    x = torch.rand(2, 1, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x.repeat(1, 3, 1, 1)))
+    # An ImageNet-format file still loads before the head is replaced.
+    torch.save(torchvision.models.mobilenet_v3_large().state_dict(), tmp_path / "imagenet.pth")
+    other = ImageClassifier("mobilenet_v3_large", pretrained=str(tmp_path / "imagenet.pth"),
+                            head="linear")  # fmt: skip
+    assert other.pretrained_loaded and other.net.classifier[0].weight.shape == (3, 960)

@@ -400,3 +400,20 @@ def test_worker_loaders_give_the_same_batches(tmp_path, cache_dir, task):
     for batch0, batch2 in zip(batches[0], batches[2], strict=True):
         for x0, x2 in zip(batch0, batch2, strict=True):
             assert torch.equal(x0, x2)
+
+
+def test_random_center_crop_is_training_only_and_per_sample() -> None:
+    from lensexp.data.transforms import ClassificationTransform
+
+    x = torch.rand(64, 1, 20, 20)
+    crop = ClassificationTransform(flips=False, rot90=False, random_center_crop=10,
+                                   random_center_crop_p=0.4)  # fmt: skip
+    torch.testing.assert_close(crop(x, train=False), x)  # validation: untouched
+    torch.manual_seed(0)
+    out = crop(x, train=True)
+    zoomed = F.interpolate(x[..., 5:15, 5:15], size=(20, 20), mode="bilinear",
+                           align_corners=False, antialias=True)  # fmt: skip
+    is_zoomed = [torch.allclose(o, z) for o, z in zip(out, zoomed, strict=True)]
+    is_same = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
+    assert all(a != b for a, b in zip(is_zoomed, is_same, strict=True))  # one or the other
+    assert 10 <= sum(is_zoomed) <= 40  # about 0.4 of 64

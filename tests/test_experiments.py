@@ -111,3 +111,17 @@ def test_reference_srresnet_is_the_released_run(tmp_path: Path) -> None:
         16, 30, 0.1)  # fmt: skip
     assert cfg["data.augment.flips"] is False and cfg["data.augment.rot90"] is False
     assert cfg["monitor"] == "val/psnr"
+
+
+def test_reference_classifier_is_the_notebook(tmp_path: Path) -> None:
+    cfg = composed(tmp_path, "experiment=reference_classifier")
+    assert cfg["model.backbone"] == "mobilenet_v3_large"
+    assert (cfg["model.pretrained"], cfg["model.imagenet_weights"]) == ("imagenet", "IMAGENET1K_V1")
+    assert (cfg["model.head"], cfg["model.input_adapter"]) == ("linear", "repeat")
+    assert (cfg["data.resize"], cfg["data.batch_size"], cfg["trainer.max_epochs"]) == (224, 50, 30)
+    assert (cfg["optimizer._target_"], cfg["optimizer.lr"]) == ("torch.optim.Adam", 1e-3)
+    assert (cfg["scheduler.scheduler.factor"], cfg["scheduler.scheduler.patience"]) == (0.5, 3)
+    assert (cfg["monitor"], cfg["monitor_mode"]) == ("val/auc_macro", "max")
+    assert (cfg["data.augment.random_center_crop"], cfg["data.augment.random_center_crop_p"]) == (
+        100, 0.4)  # fmt: skip
+    assert cfg["data.augment.rotation_degrees"] == 90 and cfg["data.augment.flips"] is True

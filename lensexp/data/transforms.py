@@ -57,8 +57,19 @@ def center_crop(x: Tensor, size: int) -> Tensor:
     return x[..., top : top + size, left : left + size]
 
 
+def _resize(x: Tensor, size: int | None) -> Tensor:
+    if not size or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 class ClassificationTransform:
-    """Per-batch augmentation (training only), then optional centre crop and resize (always)."""
+    """Per-batch augmentation (training only), then optional centre crop and resize (always).
+
+    `random_center_crop` with probability `random_center_crop_p` (training only, per sample):
+    the central crop of that size, resized back to the batch's output size (the DeepLense
+    reference notebook's `RandomApply([CenterCrop(100)], p=0.4)`).
+    """
 
     def __init__(
         self,
@@ -67,26 +78,30 @@ class ClassificationTransform:
         rotation_degrees: float = 0.0,
         center_crop: int | None = None,
         resize: int | None = None,
+        random_center_crop: int | None = None,
+        random_center_crop_p: float = 0.0,
     ) -> None:
         self.flips = flips
         self.rot90 = rot90
         self.rotation_degrees = float(rotation_degrees)
         self.crop = center_crop
         self.resize = resize
+        self.random_crop = random_center_crop
+        self.random_crop_p = float(random_center_crop_p)
 
     def __call__(self, x: Tensor, train: bool) -> Tensor:
+        chosen = None
         if train:
             (x,) = random_dihedral(x, flips=self.flips, rot90=self.rot90)
             if self.rotation_degrees > 0:
                 x = random_rotation(x, self.rotation_degrees)
+            if self.random_crop and self.random_crop_p > 0:
+                chosen = torch.rand(x.shape[0], device=x.device) < self.random_crop_p
         if self.crop:
             x = center_crop(x, self.crop)
-        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
-            x = F.interpolate(
-                x,
-                size=(self.resize, self.resize),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
-        return x
+        out = _resize(x, self.resize)
+        if chosen is not None and bool(chosen.any()):
+            size = out.shape[-1]
+            out = out.clone()
+            out[chosen] = _resize(center_crop(x[chosen], self.random_crop), size)
+        return out

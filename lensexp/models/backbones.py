@@ -25,7 +25,13 @@ from torchvision.models import WeightsEnum
 
 from lensexp.checks import check_choice, check_int
 from lensexp.errors import LensexpError
-from lensexp.models.weights import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from lensexp.models.weights import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    KEYWORDS,
+    load_pretrained,
+    read_state_dict,
+)
 
 # Prefix of the option names in error messages (the Hydra path of the classifier's config).
 OPTION = "model"
@@ -33,40 +39,54 @@ INPUT_ADAPTERS = ("repeat", "first_conv")
 NORMALIZE = ("auto", "imagenet", "none")
 
 
+HEADS = ("last_linear", "linear")
+
+
 @dataclass(frozen=True)
 class Backbone:
-    """A torchvision constructor, its ImageNet weights, and where its stem conv and head live."""
+    """A torchvision constructor, its ImageNet weights enum, and where its stem conv, final
+    linear layer and whole classifier live."""
 
     build: Callable[..., nn.Module]
-    weights: WeightsEnum
+    weights: type[WeightsEnum]
     stem: str  # dotted path of the first conv (3 input channels)
     head: str  # dotted path of the final nn.Linear (1000 ImageNet classes)
+    classifier: str  # dotted path of everything after the pooled features
+
+    def imagenet_weights(self, name: str) -> WeightsEnum:
+        """The enum member `name` (e.g. IMAGENET1K_V1), or torchvision's `DEFAULT`."""
+        members = ["DEFAULT", *self.weights.__members__]
+        return self.weights[check_choice(f"{OPTION}.imagenet_weights", name, members)]
 
 
 BACKBONES: dict[str, Backbone] = {
     "mobilenet_v3_large": Backbone(
         torchvision.models.mobilenet_v3_large,
-        torchvision.models.MobileNet_V3_Large_Weights.DEFAULT,
+        torchvision.models.MobileNet_V3_Large_Weights,
         "features.0.0",
         "classifier.3",
+        "classifier",
     ),
     "mobilenet_v3_small": Backbone(
         torchvision.models.mobilenet_v3_small,
-        torchvision.models.MobileNet_V3_Small_Weights.DEFAULT,
+        torchvision.models.MobileNet_V3_Small_Weights,
         "features.0.0",
         "classifier.3",
+        "classifier",
     ),
     "resnet18": Backbone(
         torchvision.models.resnet18,
-        torchvision.models.ResNet18_Weights.DEFAULT,
+        torchvision.models.ResNet18_Weights,
         "conv1",
+        "fc",
         "fc",
     ),
     "efficientnet_b0": Backbone(
         torchvision.models.efficientnet_b0,
-        torchvision.models.EfficientNet_B0_Weights.DEFAULT,
+        torchvision.models.EfficientNet_B0_Weights,
         "features.0.0",
         "classifier.1",
+        "classifier",
     ),
 }
 
@@ -151,9 +171,11 @@ def _check_options(
     normalize: str,
     dropout: float | None,
     bn_momentum: float | None,
+    head: str,
 ) -> None:
     """Refuse a bad `ImageClassifier` option in one line naming its config key."""
     check_choice(f"{OPTION}.backbone", backbone, list(BACKBONES))
+    check_choice(f"{OPTION}.head", head, HEADS)
     check_choice(f"{OPTION}.input_adapter", input_adapter, INPUT_ADAPTERS)
     check_choice(f"{OPTION}.normalize", normalize, NORMALIZE)
     check_int(f"{OPTION}.num_classes", num_classes, 2)
@@ -169,11 +191,27 @@ def _check_options(
         raise LensexpError(f"{OPTION}.bn_momentum={bn_momentum}: must be in (0, 1], or null.")
 
 
-def _replace_head(net: nn.Module, backbone: str, num_classes: int, dropout: float | None) -> None:
+def _replace_head(
+    net: nn.Module, backbone: str, num_classes: int, dropout: float | None, head: str
+) -> None:
     """Put a fresh `num_classes`-way linear layer where the 1000-class ImageNet head was.
 
-    `dropout` sets the head's existing dropout layers, or adds one before a head without any.
+    `head="last_linear"`: only the final linear layer is replaced (MobileNetV3 keeps its
+    960 -> 1280 hidden layer); `dropout` sets the head's existing dropout layers, or adds one
+    before a head without any. `head="linear"`: the whole classifier becomes
+    `Sequential(Linear(features, num_classes))`, as the DeepLense reference notebook did (its
+    state dict then holds `classifier.0.{weight,bias}`); `dropout` adds a dropout before it.
     """
+    if head == "linear":
+        parent, name, classifier = locate(net, BACKBONES[backbone].classifier)
+        first = next(m for m in classifier.modules() if isinstance(m, nn.Linear))
+        layers: list[nn.Module] = [nn.Linear(first.in_features, num_classes)]
+        if dropout is not None:
+            layers.insert(0, nn.Dropout(float(dropout)))
+        # resnet's classifier is its fc itself: keep it a plain Linear (key fc.weight).
+        new = nn.Sequential(*layers) if name == "classifier" else layers[-1]
+        setattr(parent, name, new)
+        return
     parent, name, linear = final_linear(net, backbone)
     head: nn.Module = nn.Linear(linear.in_features, num_classes)
     if dropout is not None:
@@ -186,11 +224,40 @@ def _replace_head(net: nn.Module, backbone: str, num_classes: int, dropout: floa
     setattr(parent, name, head)
 
 
+def _finished_classifier(
+    spec: Backbone,
+    backbone: str,
+    num_classes: int,
+    dropout: float | None,
+    head: str,
+    pretrained: str | None,
+) -> nn.Module | None:
+    """The classifier as built here (head included) loaded from the file at `pretrained`, when
+    the file holds exactly that network (a fine-tuned classifier); None for keywords and for
+    ImageNet-format files."""
+    if pretrained is None or str(pretrained) in KEYWORDS:
+        return None
+    state = read_state_dict(pretrained, f"{OPTION}.pretrained")
+    net = spec.build(weights=None)
+    _replace_head(net, backbone, num_classes, dropout, head)
+    own = net.state_dict()
+    if state.keys() != own.keys() or any(state[k].shape != own[k].shape for k in own):
+        return None
+    net.load_state_dict(state)
+    return net
+
+
 class ImageClassifier(nn.Module):
     """torchvision backbone with a fresh `num_classes` head: (N, in_channels, H, W) -> logits.
 
-    - `pretrained`: `auto|imagenet|none|random` or a path to a torchvision-format state dict of
-      the same backbone with its 1000-class ImageNet head (loaded before the head is replaced).
+    - `pretrained`: `auto|imagenet|none|random` or a path to a state dict: either of the
+      torchvision network with its 1000-class ImageNet head (loaded before the head is
+      replaced), or of the finished classifier, head included (e.g. the DeepLense reference's
+      fine-tuned MobileNetV3 with `head="linear"`: `features.*`, `classifier.0.*`).
+    - `imagenet_weights`: which torchvision weights `auto`/`imagenet` load: `DEFAULT` or a
+      member of the backbone's enum, e.g. `IMAGENET1K_V1` (what `pretrained=True` gave).
+    - `head`: `last_linear` (replace the final linear layer) or `linear` (replace the whole
+      classifier by one linear layer, as the reference did).
     - `normalize`: `imagenet`, `none`, or `auto` (ImageNet statistics exactly when pretrained
       weights were loaded). The statistics are the persistent buffers `mean`/`std` (1, 3, 1, 1).
       With `repeat` they are applied in `forward`; with `first_conv` they were folded into the
@@ -213,28 +280,37 @@ class ImageClassifier(nn.Module):
         normalize: str = "auto",
         dropout: float | None = None,
         bn_momentum: float | None = None,
+        imagenet_weights: str = "DEFAULT",
+        head: str = "last_linear",
     ) -> None:
         super().__init__()
         # Every option is checked before the (possibly slow) weight loading.
         _check_options(
-            backbone, num_classes, in_channels, input_adapter, normalize, dropout, bn_momentum
-        )
+            backbone, num_classes, in_channels, input_adapter, normalize, dropout, bn_momentum,
+            head,
+        )  # fmt: skip
         self.backbone = backbone
         self.input_adapter = input_adapter
         self.in_channels = in_channels
         self.num_classes = num_classes
         spec = BACKBONES[backbone]
-        self.net = spec.build(weights=None)
-        self.pretrained_loaded = load_pretrained(
-            self.net, pretrained, spec.weights, f"{OPTION}.pretrained"
-        )
+        weights = spec.imagenet_weights(imagenet_weights)
+        net = _finished_classifier(spec, backbone, num_classes, dropout, head, pretrained)
+        self.pretrained_loaded = net is not None
+        if net is None:
+            # ImageNet-format weights (or none) fit the network before its head is replaced.
+            net = spec.build(weights=None)
+            self.pretrained_loaded = load_pretrained(
+                net, pretrained, weights, f"{OPTION}.pretrained"
+            )
+            _replace_head(net, backbone, num_classes, dropout, head)
+        self.net = net
         use_imagenet = normalize == "imagenet" or (normalize == "auto" and self.pretrained_loaded)
         mean = torch.tensor(IMAGENET_MEAN if use_imagenet else (0.0, 0.0, 0.0))
         std = torch.tensor(IMAGENET_STD if use_imagenet else (1.0, 1.0, 1.0))
         self.register_buffer("mean", mean.view(1, 3, 1, 1))
         self.register_buffer("std", std.view(1, 3, 1, 1))
 
-        _replace_head(self.net, backbone, num_classes, dropout)
         if bn_momentum is not None:
             for module in self.net.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -45,6 +45,8 @@ class ClassifierModule(TaskModule):
         normalize: str = "auto",
         dropout: float | None = None,
         bn_momentum: float | None = None,
+        imagenet_weights: str = "DEFAULT",
+        head: str = "last_linear",
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.class_names = [str(c) for c in class_names]
@@ -60,6 +62,8 @@ class ClassifierModule(TaskModule):
             normalize=normalize,
             dropout=dropout,
             bn_momentum=bn_momentum,
+            imagenet_weights=imagenet_weights,
+            head=head,
         )
         self.pretrained_loaded = bool(self.net.pretrained_loaded)
         self.loss = loss
