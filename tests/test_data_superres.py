@@ -171,6 +171,35 @@ def test_paired_augmentation_keeps_lr_the_downsampled_hr(superres_root, cache_di
     assert same[0] is lr and same[1] is hr
 
 
+def test_patches_cover_the_same_sky_and_differ_per_sample(superres_root, cache_dir):
+    torch.manual_seed(0)
+    # No flips or rotations here, so each patch can be found in its image as it is.
+    dm = module(
+        superres_root,
+        cache_dir,
+        batch_size=20,
+        patch_size=12,
+        augment={"flips": False, "rot90": False},
+    )
+    dm.setup("fit")
+    lr, hr = next(iter(dm.train_dataloader()))
+    p_lr, p_hr = dm.batch_transform((lr, hr), train=True)
+    assert p_lr.shape == (lr.shape[0], 1, 12, 12) and p_hr.shape == (lr.shape[0], 1, 24, 24)
+    torch.testing.assert_close(F.avg_pool2d(p_hr, 2), p_lr)  # LR is still HR's block mean
+    # Each LR patch is a piece of its own image, taken at its own place.
+    places = set()
+    for patch, image in zip(p_lr, lr, strict=True):
+        windows = image.unfold(-2, 12, 1).unfold(-2, 12, 1)  # (1, 64, 64, 12, 12)
+        hits = (windows == patch[0]).flatten(-2).all(-1).nonzero().tolist()
+        assert hits, "a patch that is not a window of its image"
+        places.add(tuple(hits[0][1:]))
+    assert len(places) > 1
+    ev_lr, _ = dm.batch_transform((lr, hr), train=False)  # validation: whole images
+    assert ev_lr is lr
+    with pytest.raises(LensexpError, match=r"^data\.patch_size=80: larger than the 75x75 LR"):
+        module(superres_root, cache_dir, patch_size=80).batch_transform((lr, hr), train=True)
+
+
 def test_rot90_only_never_flips(superres_root, cache_dir):
     torch.manual_seed(1)
     dm = module(superres_root, cache_dir, augment={"flips": False})

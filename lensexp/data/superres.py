@@ -12,7 +12,7 @@ from lensexp.data.base import NpyDataModule, seeded_split
 from lensexp.data.cache import packed_array
 from lensexp.data.datasets import PackedDataset
 from lensexp.data.npy import list_npy, read_image
-from lensexp.data.transforms import random_dihedral
+from lensexp.data.transforms import random_dihedral, random_patches
 from lensexp.errors import LensexpError
 
 AUGMENT_KEYS = ("flips", "rot90")
@@ -57,10 +57,14 @@ class SuperResolutionDataModule(NpyDataModule):
         allow_pickle: bool = False,
         augment: dict[str, Any] | None = None,
         val_fraction: float = 0.1,
+        patch_size: int | None = None,
         **base: Any,
     ) -> None:
         super().__init__(val_fraction=val_fraction, **base)
         self.scale = check_int("data.scale", scale, 1)
+        self.patch_size = (
+            None if patch_size is None else check_int("data.patch_size", patch_size, 1)
+        )
         if hr_size is not None:
             if int(hr_size) < self.scale or int(hr_size) % self.scale:
                 raise LensexpError(
@@ -191,9 +195,13 @@ class SuperResolutionDataModule(NpyDataModule):
         return PackedDataset(arrays, idx), [lr[i] for i in idx]
 
     def batch_transform(self, batch: Any, train: bool) -> Any:
-        """Training: the same random flip/rot90 per sample on LR and HR; otherwise identity."""
-        if not train or not (self.flips or self.rot90):
+        """Training: a random `patch_size` LR patch per sample and the HR patch it covers (when
+        set), then the same random flip/rot90 on both; otherwise identity."""
+        if not train:
             return batch
         lr, hr = batch
-        out = random_dihedral(lr, hr, flips=self.flips, rot90=self.rot90)
-        return type(batch)(out) if isinstance(batch, (list, tuple)) else out
+        if self.patch_size is not None:
+            lr, hr = random_patches(lr, hr, self.patch_size, self.scale)
+        if self.flips or self.rot90:
+            lr, hr = random_dihedral(lr, hr, flips=self.flips, rot90=self.rot90)
+        return type(batch)((lr, hr)) if isinstance(batch, (list, tuple)) else (lr, hr)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lensexp.errors import LensexpError
+
 
 def random_dihedral(*images: Tensor, flips: bool = True, rot90: bool = True) -> tuple[Tensor, ...]:
     """Apply the same random flip and 90-degree rotation per sample to every batch in `images`.
@@ -35,6 +37,29 @@ def random_dihedral(*images: Tensor, flips: bool = True, rot90: bool = True) -> 
                     dst[sel] = torch.rot90(src[sel], k, dims=(-2, -1))
         out = rotated
     return tuple(out)
+
+
+def random_patches(lr: Tensor, hr: Tensor, size: int, scale: int) -> tuple[Tensor, Tensor]:
+    """A random `size` x `size` patch of each LR image and the `scale`-times larger HR patch
+    over the same sky (BasicSR's paired random crop), drawn per sample."""
+    h, w = lr.shape[-2:]
+    if size > min(h, w):
+        raise LensexpError(
+            f"data.patch_size={size}: larger than the {h}x{w} LR images; give at most {min(h, w)}, "
+            f"or null to train on whole images."
+        )
+    n = lr.shape[0]
+    tops = torch.randint(0, h - size + 1, (n,)).tolist()
+    lefts = torch.randint(0, w - size + 1, (n,)).tolist()
+    lr_patches = [
+        x[..., t : t + size, s : s + size] for x, t, s in zip(lr, tops, lefts, strict=True)
+    ]
+    big = size * scale
+    hr_patches = [
+        x[..., t * scale : t * scale + big, s * scale : s * scale + big]
+        for x, t, s in zip(hr, tops, lefts, strict=True)
+    ]
+    return torch.stack(lr_patches), torch.stack(hr_patches)
 
 
 def random_rotation(x: Tensor, degrees: float) -> Tensor:
