@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lensexp.builders import (
@@ -24,7 +26,7 @@ from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate_module
 from lensexp.models.weights import load_torch_file
 from lensexp.provenance import provenance
-from lensexp.reporting.files import print_metrics_table, write_json
+from lensexp.reporting.files import print_metrics_table, write_json, write_text_atomic
 
 
 def _checkpoints(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, ModelCheckpoint | None]:
@@ -87,14 +89,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     task = check_compatible(cfg)
     out = output_dir(cfg)
     config_path = out / "config.yaml"
-    config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
     write_json(out / "provenance.json", provenance(cfg.paths.root_dir))
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # Lightning stopped at a batch boundary and the on_exception callback saved the state;
+        # the SystemExit it raises ends the process with status 0 and no traceback.
+        saved = out / "checkpoints" / "interrupted.ckpt"
+        print(
+            f"lensexp: SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+            f"saved {saved}; resume with python train.py ckpt_path={saved}",
+            file=sys.stderr,
+        )
+        raise
 
     best, last = _checkpoints(trainer)
     best_path = best.best_model_path if best is not None else ""

@@ -421,3 +421,32 @@ def test_seeded_deterministic_runs_agree_and_record_provenance(
     assert saved["versions"]["torch"] == torch.__version__.split("+")[0]
     assert saved["versions"]["lightning"] and saved["versions"]["lensexp"]
     assert saved["git_commit"] is None or len(saved["git_commit"]) == 40
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py",
+         *quick(classification_root, "trainer.max_epochs=500", "trainer.limit_val_batches=1"),
+         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in stderr
+    saved = run / "checkpoints" / "interrupted.ckpt"
+    assert f"saved {saved}; resume with python train.py ckpt_path={saved}" in stderr
+    checkpoint = torch.load(saved, weights_only=True)
+    assert 0 < checkpoint["global_step"] < 500 * 3
+    assert not (run / "results.json").exists()  # the run did not pretend to finish

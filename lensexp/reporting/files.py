@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,17 +34,25 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def write_text_atomic(path: Path | str, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a process
+    killed at any moment leaves the previous file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 def write_json(path: Path | str, obj: Any) -> Path:
     """Write `obj` as indented JSON (floats unrounded); returns the path.
 
     NaN and +-infinity (e.g. the AUC of a class absent from the split) are written as `null`, so
     the file stays valid JSON for strict parsers; tensors and numpy values become plain numbers.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_plain(obj), indent=2, allow_nan=False)
-    path.write_text(text + "\n")
-    return path
+    return write_text_atomic(path, text + "\n")
 
 
 def _format(value: Any) -> str:

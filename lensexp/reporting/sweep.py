@@ -10,6 +10,7 @@ partly failed sweep alike. `SweepReport` is the Hydra callback that does it as j
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from lensexp.errors import LensexpError  # noqa: E402
+from lensexp.reporting.files import write_text_atomic  # noqa: E402
 
 SEED_KEY = "seed"
 ERROR_FILE = "error.txt"
@@ -147,13 +149,6 @@ def _fmt(value: Any, std: float | None = None) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Jobs of a parallel launcher may rewrite the report at the same time: never a torn file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _bar_chart(rows: list[dict[str, Any]], monitor: str, path: Path) -> None:
     shown = [r for r in rows if not math.isnan(r["best_mean"])]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(shown) + 2), 3.6), layout="constrained")
@@ -226,14 +221,14 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if failed:
         lines += ["", "## Errors", ""]
         lines += [f"- `{r['configuration']}`: {_fmt(r['errors'])}" for r in failed]
-    _write_atomic(sweep_dir / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(sweep_dir / "report.md", "\n".join(lines) + "\n")
 
-    tmp = sweep_dir / f".report.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, sweep_dir / "report.csv")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    # Jobs of a parallel launcher may rewrite the report at the same time: never a torn file.
+    write_text_atomic(sweep_dir / "report.csv", table.getvalue())
     if monitor:
         _bar_chart(rows, monitor, sweep_dir / "report.png")
     return rows
@@ -252,7 +247,7 @@ class SweepReport(Callback):
                 job_return.return_value  # noqa: B018 (raises the job's exception)
             except Exception as err:
                 text = "".join(traceback.format_exception(err))
-                _write_atomic(job_dir / ERROR_FILE, text + f"{type(err).__name__}: {err}\n")
+                write_text_atomic(job_dir / ERROR_FILE, text + f"{type(err).__name__}: {err}\n")
         write_sweep_report(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
