@@ -57,12 +57,47 @@ def test_array_formats(tmp_path, cache_dir, fmt):
     assert_items_match_files(dm, ds, files)
 
 
-def test_object_arrays_need_allow_pickle(tmp_path, cache_dir):
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_axion_object_arrays_load_without_the_option(tmp_path, cache_dir, allow_pickle):
     root = make_classification_folder(tmp_path / "cls", 2, size=32, fmt="object")
-    with pytest.raises(LensexpError, match=r"train/no/no_0000\.npy: .*data\.allow_pickle"):
-        split_of(root, cache_dir, "train")
-    dm, ds, files = split_of(root, cache_dir, "train", allow_pickle=True)
+    dm, ds, files = split_of(root, cache_dir, "train", allow_pickle=allow_pickle)
     assert_items_match_files(dm, ds, files)
+
+
+class _Payload:
+    """Pickles as a call that creates `marker`: if the file appears, loading ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_a_crafted_pickle_in_a_data_file_never_runs(tmp_path, cache_dir, allow_pickle):
+    root = make_classification_folder(tmp_path / "cls", 2, size=32)
+    marker = tmp_path / "payload-ran"
+    crafted = np.empty(2, dtype=object)
+    crafted[0], crafted[1] = _Payload(marker), 1e-23
+    np.save(root / "train" / "no" / "no_0001.npy", crafted, allow_pickle=True)
+    with pytest.raises(LensexpError, match=r"no_0001\.npy: refused: its pickled content calls "
+                                           r"builtins\.exec"):  # fmt: skip
+        split_of(root, cache_dir, "train", allow_pickle=allow_pickle)
+    assert not marker.exists()
+
+
+def test_other_object_arrays_need_the_option(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 2, size=32)
+    odd = np.empty(3, dtype=object)
+    odd[0], odd[1], odd[2] = "label", np.random.default_rng(0).random((32, 32)), 2.0
+    np.save(root / "train" / "no" / "no_0001.npy", odd, allow_pickle=True)
+    with pytest.raises(LensexpError, match=r"no_0001\.npy: object array holding \[str, "
+                                           r"ndarray, float\].*data\.allow_pickle=true"):  # fmt: skip
+        split_of(root, cache_dir, "train")
+    _, ds, files = split_of(root, cache_dir, "train", allow_pickle=True)
+    i = [f.name for f in files].index("no_0001.npy")
+    np.testing.assert_allclose(ds[i][0][0].numpy(), odd[1].astype(np.float32), rtol=1e-6)
 
 
 def test_default_image_size_is_150(tmp_path, cache_dir):

@@ -89,11 +89,9 @@ def test_other_array_formats(tmp_path, cache_dir, fmt):
     np.testing.assert_allclose(ds[1][0][0].numpy(), load_image(files[1]), rtol=1e-6)
 
 
-def test_object_arrays_need_allow_pickle(tmp_path, cache_dir):
+def test_object_arrays_load_without_the_option(tmp_path, cache_dir):
     root = make_superres_folder(tmp_path / "sr", 3, lr_size=8, fmt="object")
-    with pytest.raises(LensexpError, match=r"img0\.npy.*data\.allow_pickle"):
-        built(root, cache_dir, "all", hr_size=16)
-    _, ds, files = built(root, cache_dir, "all", hr_size=16, allow_pickle=True)
+    _, ds, files = built(root, cache_dir, "all", hr_size=16)
     np.testing.assert_allclose(ds[2][0][0].numpy(), load_image(files[2]), rtol=1e-6)
 
 
