@@ -452,3 +452,21 @@ def test_random_center_crop_is_training_only_and_per_sample() -> None:
     is_same = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
     assert all(a != b for a, b in zip(is_zoomed, is_same, strict=True))  # one or the other
     assert 10 <= sum(is_zoomed) <= 40  # about 0.4 of 64
+
+
+def test_stray_files_and_links_out_of_the_root_are_skipped_with_one_warning(
+    tmp_path, cache_dir, caplog
+):
+    root = make_classification_folder(tmp_path / "cls", 2, size=32)
+    outside = make_classification_folder(tmp_path / "elsewhere", 1, size=32)
+    (root / "train" / "no" / "notes.txt").write_text("not an image")
+    (root / "train" / "no" / "far.npy").symlink_to(outside / "train" / "no" / "no_0000.npy")
+    (root / "train" / "no" / "near.npy").symlink_to(root / "train" / "sphere" / "sphere_0000.npy")
+    with caplog.at_level("WARNING", logger="lensexp.data.npy"):
+        _, _, files = split_of(root, cache_dir, "train")
+    names = [f.name for f in files]
+    assert "far.npy" not in names and "notes.txt" not in names and "near.npy" in names
+    (warning,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert (
+        "train/no (class folder): skipped 1 file(s) that are not .npy and 1 symlink(s)" in warning
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,11 @@ import numpy as np
 from lensexp.data.base import NpyDataModule, seeded_split
 from lensexp.data.cache import packed_array
 from lensexp.data.datasets import PackedDataset
-from lensexp.data.npy import list_npy
+from lensexp.data.npy import inside, list_npy
 from lensexp.data.transforms import ClassificationTransform
 from lensexp.errors import LensexpError
+
+log = logging.getLogger(__name__)
 
 
 class LensClassificationDataModule(NpyDataModule):
@@ -79,7 +82,7 @@ class LensClassificationDataModule(NpyDataModule):
                     f"{folder}: missing class folder (data.classes={self.classes}). "
                     f"{self.layout_help()}"
                 )
-            found = list_npy(folder)
+            found = list_npy(folder, self.root, "class folder")
             if not found:
                 raise LensexpError(f"{folder}: empty class folder; add .npy images or remove it.")
             files += found
@@ -98,6 +101,12 @@ class LensClassificationDataModule(NpyDataModule):
             if self.packed_dir not in f.parents
             and not any(part.startswith(".") for part in f.relative_to(self.root).parts[:-1])
         ]
+        outside = [f for f in files if not inside(f, self.root)]
+        if outside:
+            log.warning(
+                "%s: skipped %d symlink(s) leading outside data.root", self.root, len(outside)
+            )
+            files = [f for f in files if f not in outside]
         unknown = [f for f in files if f.parent.name not in index]
         if unknown:
             raise LensexpError(

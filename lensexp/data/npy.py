@@ -7,6 +7,7 @@ cannot run code, whatever `data.allow_pickle` says.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -14,6 +15,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from lensexp.errors import LensexpError
+
+log = logging.getLogger(__name__)
 
 NPY_MAGIC = b"\x93NUMPY"
 # The globals a pickled numpy object array of arrays and numbers refers to (numpy 1.x and 2.x
@@ -144,6 +147,29 @@ def check_size(path: Path, image: np.ndarray, expected: tuple[int, int]) -> None
         )
 
 
-def list_npy(folder: Path) -> list[Path]:
-    """Sorted `.npy` files directly inside `folder`."""
-    return sorted(p for p in folder.iterdir() if p.suffix == ".npy" and p.is_file())
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, symlinks resolved, lies under `root` (a link may lead anywhere)."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def list_npy(folder: Path, root: Path, what: str) -> list[Path]:
+    """Sorted `.npy` files directly inside `folder` that lie inside `root`.
+
+    Other files, and symlinks leading out of `root`, are skipped with one warning saying how
+    many (`what` names the folder's role in it, e.g. `class folder`).
+    """
+    files, other, outside = [], 0, 0
+    for path in folder.iterdir():
+        if path.suffix != ".npy" or not path.is_file():
+            other += path.is_file()
+        elif not inside(path, root):
+            outside += 1
+        else:
+            files.append(path)
+    if other or outside:
+        log.warning(
+            "%s (%s): skipped %d file(s) that are not .npy and %d symlink(s) leading outside "
+            "data.root=%s",
+            folder, what, other, outside, root,
+        )  # fmt: skip
+    return sorted(files)

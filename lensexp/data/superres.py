@@ -106,8 +106,8 @@ class SuperResolutionDataModule(NpyDataModule):
         for sub in (hr_dir, lr_dir):
             if not sub.is_dir():
                 raise LensexpError(f"{sub}: missing {sub.name}/ folder. {self.layout_help()}")
-        hr = {p.name: p for p in list_npy(hr_dir)}
-        lr = {p.name: p for p in list_npy(lr_dir)}
+        hr = {p.name: p for p in list_npy(hr_dir, self.root, "HR images")}
+        lr = {p.name: p for p in list_npy(lr_dir, self.root, "LR images")}
         if not hr and not lr:
             raise LensexpError(f"{folder}: HR/ and LR/ hold no .npy files. {self.layout_help()}")
         if hr.keys() != lr.keys():
