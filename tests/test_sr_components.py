@@ -398,6 +398,7 @@ def test_perceptual_imagenet_offline_names_remedies(monkeypatch):
     assert "loss.weights=imagenet" in message
     assert "vgg19-dcbb9e9d.pth" in message and "TORCH_HOME" in message
     assert "loss.weights=/path/to/weights.pth" in message
+    assert "loss.weights=none" not in message  # a random VGG is no perceptual loss
 
 
 # --- metrics ---------------------------------------------------------------------------------

@@ -84,7 +84,10 @@ class LensClassificationDataModule(NpyDataModule):
                 )
             found = list_npy(folder, self.root, "class folder")
             if not found:
-                raise LensexpError(f"{folder}: empty class folder; add .npy images or remove it.")
+                raise LensexpError(
+                    f"{folder}: empty class folder; add .npy images, or leave the class out of "
+                    f"data.classes (now {self.classes})."
+                )
             files += found
             labels += [index] * len(found)
         return files, np.asarray(labels, dtype=np.int64)

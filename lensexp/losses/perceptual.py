@@ -81,7 +81,7 @@ def build_vgg19_features(end: int, weights: str) -> tuple[nn.Sequential, bool]:
     vgg = _vgg19_on_meta()
     if weights == "imagenet":
         vgg.to_empty(device="cpu")
-        loaded = load_pretrained(vgg, weights, VGG19_WEIGHTS, WEIGHTS_OPTION)
+        loaded = load_pretrained(vgg, weights, VGG19_WEIGHTS, WEIGHTS_OPTION, offer_none=False)
         return vgg.features[:end], loaded
     holder = nn.Module()
     holder.features = vgg.features[:end].to_empty(device="cpu")

@@ -86,11 +86,14 @@ def load_pretrained(
     weights: WeightsEnum,
     option: str,
     remap: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    offer_none: bool = True,
 ) -> bool:
     """Fill `model` according to `spec`; return whether pretrained weights were loaded.
 
     `auto` tries torchvision's weights and, when they cannot be had, warns and keeps the random
     initialisation; `imagenet` insists; a path loads that file (after `remap`, if given).
+    `offer_none`: whether the remedy for missing weights may suggest `OPTION=none` (not for a
+    perceptual loss, which is meaningless without its trained network).
     """
     spec = "none" if spec is None else str(spec)
     if spec in NO_WEIGHTS:
@@ -102,7 +105,8 @@ def load_pretrained(
             hub = Path(torch.hub.get_dir()) / "checkpoints"
             remedy = (
                 f"put {Path(weights.url).name} in {hub} (set TORCH_HOME to move that cache), "
-                f"or pass a local file with {option}=/path/to/weights.pth, or {option}=none"
+                f"or pass a local file with {option}=/path/to/weights.pth"
+                + (f", or {option}=none" if offer_none else "")
             )
             if spec == "imagenet":
                 raise LensexpError(
