@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,20 @@ def set_project_root(entry_file: str) -> str:
     root = Path(entry_file).resolve().parent
     os.environ.setdefault("LENSEXP_ROOT", str(root))
     return str(root / "conf")
+
+
+# What a run folder holds before a run has made anything: Hydra's record and the log, the
+# resolved config and the provenance.
+BOOKKEEPING = (".hydra", "config.yaml", "provenance.json")
+
+
+def remove_if_nothing_made(run_dir: Path) -> None:
+    """Remove a failed run's folder when it holds only bookkeeping, so it does not pass for a
+    run (e.g. in TensorBoard's run list); anything else it holds is left as it is."""
+    if not run_dir.is_dir():
+        return
+    if all(p.name in BOOKKEEPING or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
 
 
 def _user_error(err: BaseException) -> LensexpError | None:
@@ -47,4 +62,6 @@ def run_reporting_errors(fn: Callable[[], Any]) -> Any:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             # An exception, not an exit: Hydra records this job as failed and runs the others.
             raise user_error from None
+        if HydraConfig.initialized():
+            remove_if_nothing_made(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(1)

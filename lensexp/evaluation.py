@@ -38,6 +38,12 @@ def evaluate_module(
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint (`ckpt_path`) or the model the config builds; return the metrics."""
+    out_dir = Path(cfg.paths.output_dir)
+    if (out_dir / "results.json").exists():
+        raise LensexpError(
+            f"hydra.run.dir={out_dir}: a training run's folder; evaluate.py writes its report into "
+            f"a folder of its own (leave hydra.run.dir unset: outputs/eval/runs/<stamp>)."
+        )
     checkpoint = None
     run = cfg
     pretrained = OmegaConf.select(cfg, "model.pretrained")
@@ -65,7 +71,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(run, datamodule)
     if checkpoint is not None:
         module.load_state_dict(checkpoint["state_dict"])
-    out_dir = Path(cfg.paths.output_dir)
     trainer = build_report_trainer(run, keep_limits=False)
     report = evaluate_module(
         module, datamodule, trainer, cfg.split, out_dir, cfg.get("save_outputs", False)

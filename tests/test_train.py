@@ -132,6 +132,7 @@ def test_incompatible_choice_fails_in_one_line_before_any_work(tmp_path: Path) -
     assert lines == [lines[-1]] and lines[0].startswith("lensexp: error: loss=vgg")
     assert "choose loss=cross_entropy" in lines[0]
     assert not (tmp_path / "data").exists()  # no simulation started
+    assert not (tmp_path / "run").exists()  # no run folder that would pass for a run
 
 
 def test_evaluate_a_checkpoint_with_nothing_else(classification_root: Path, tmp_path: Path) -> None:
@@ -150,6 +151,12 @@ def test_evaluate_a_checkpoint_with_nothing_else(classification_root: Path, tmp_
     assert set(saved["auc_per_class"]) == {"no", "sphere", "vort"}
     assert saved["n"] == 12 and np.sum(saved["confusion_matrix"]) == 12
     assert metrics["accuracy"] == pytest.approx(results["val_metrics"]["val/acc"], abs=1e-6)
+    # Pointed at the training run's own folder, evaluate.py refuses rather than overwrite it.
+    into_run = compose_cfg(tmp_path / "train", [f"ckpt_path={results['best_checkpoint']}"], "eval")
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "train" / "out").rglob("*"))
+    with pytest.raises(LensexpError, match=r"a training run's folder; evaluate\.py writes"):
+        evaluate(into_run)
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "train" / "out").rglob("*")) == before
     for name in ("metrics.md", "confusion_matrix.png", "roc_curve.png"):
         assert (out / name).is_file()
     with open(out / "predictions.csv") as fh:
@@ -389,6 +396,7 @@ def test_error_inside_instantiate_is_one_line(classification_root: Path, tmp_pat
     assert "Traceback" not in proc.stderr and "Error in call to target" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("lensexp: error: model.input_adapter=sideways: ")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("pretrained", ["auto", "none"])
