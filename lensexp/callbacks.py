@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 CONFIG_KEY = "lensexp_config"
 PROVENANCE_KEY = "lensexp_provenance"
@@ -25,3 +26,15 @@ class StoreConfig(Callback):
     ) -> None:
         checkpoint[CONFIG_KEY] = self.config
         checkpoint[PROVENANCE_KEY] = self.provenance
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Save a checkpoint when training is interrupted (SIGTERM, as SLURM sends before a time
+    limit, or Ctrl-C) after it has begun. A configuration error or a crash saves nothing: its
+    checkpoint would be an untrained or broken model that passes for a resumable run."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt) and trainer.global_step:
+            super().on_exception(trainer, pl_module, exception)
