@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 CONFIG_KEY = "lensexp_config"
@@ -28,13 +29,18 @@ class StoreConfig(Callback):
         checkpoint[PROVENANCE_KEY] = self.provenance
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
-    """Save a checkpoint when training is interrupted (SIGTERM, as SLURM sends before a time
-    limit, or Ctrl-C) after it has begun. A configuration error or a crash saves nothing: its
-    checkpoint would be an untrained or broken model that passes for a resumable run."""
+class InterruptCheckpoint(Callback):
+    """Save `dirpath/interrupted.ckpt` when training is interrupted (SIGTERM, as SLURM sends
+    before a time limit, or Ctrl-C) after it has begun. A configuration error or a crash saves
+    nothing: its checkpoint would be an untrained or broken model that passes for a resumable
+    run. (Not Lightning's OnExceptionCheckpoint, which also makes every later `fit` look for a
+    checkpoint to resume.)"""
+
+    def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, SIGTERMException | KeyboardInterrupt) and trainer.global_step:
-            super().on_exception(trainer, pl_module, exception)
+            trainer.save_checkpoint(self.path)

@@ -247,7 +247,10 @@ class SweepReport(Callback):
                 job_return.return_value  # noqa: B018 (raises the job's exception)
             except Exception as err:
                 text = "".join(traceback.format_exception(err))
-                write_text_atomic(job_dir / ERROR_FILE, text + f"{type(err).__name__}: {err}\n")
+                # The last line is the summary the report shows: the error's first line (Hydra's
+                # instantiation errors end in a bare "full_key: ..." line).
+                first = next((ln for ln in str(err).splitlines() if ln.strip()), "")
+                write_text_atomic(job_dir / ERROR_FILE, f"{text}{type(err).__name__}: {first}\n")
         write_sweep_report(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
