@@ -309,13 +309,13 @@ def test_trainer_free_use(superres_root, cache_dir):
 def test_config_instantiates(tmp_path, superres_root):
     cfg = OmegaConf.load(CONF)
     paths = {"data_dir": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")}
-    full = OmegaConf.create({"paths": paths, "data": cfg})
+    full = OmegaConf.create({"paths": paths, "seed": 7, "data": cfg})
     assert full.data.default_root == f"{tmp_path}/data/sim_superres_superres_mild_2000"
     full.data.root = str(superres_root)
     dm = instantiate(full.data)
     assert isinstance(dm, SuperResolutionDataModule)
     assert (dm.scale, dm.hr_size, dm.flips, dm.rot90) == (2, 150, True, True)
-    assert dm.val_fraction == 0.1 and not dm.simulated
+    assert dm.val_fraction == 0.1 and not dm.simulated and dm.shuffle_seed == 7
     assert dm.cache_dir == tmp_path / "cache"
     assert dm.state_for_model() == {"scale": 2}
 

@@ -3,13 +3,15 @@ simulated default dataset, the packed cache, seeded splits and the dataloaders."
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from lensexp.checks import check_choice, check_int
 from lensexp.data.cache import cache_folder
@@ -28,6 +30,26 @@ def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np
     if n_val >= n:
         raise LensexpError(f"cannot split {n} images with data.val_fraction={val_fraction}.")
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation of the dataset drawn from (`seed`, epoch) alone; Lightning calls
+    `set_epoch` before each epoch, so a resumed run sees the uninterrupted run's order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class NpyDataModule(L.LightningDataModule):
@@ -51,6 +73,7 @@ class NpyDataModule(L.LightningDataModule):
         val_fraction: float = 0.2,
         split_seed: int = 0,
         predict_split: str = "val",
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         if root is None and default_root is None:
@@ -64,6 +87,8 @@ class NpyDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
+        self.shuffle_seed = int(shuffle_seed)
+        self._seeded_epoch, self._batch_in_epoch = -1, 0
         self.predict_split = check_choice("split", predict_split, SPLITS)
         self.datasets: dict[str, PackedDataset] = {}
         self.files: dict[str, list[Path]] = {}
@@ -119,10 +144,11 @@ class NpyDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise LensexpError(f"{self.root}: no {split} split to load.")
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.num_workers > 0,
@@ -143,4 +169,19 @@ class NpyDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self.trainer is not None and self.trainer.training
+        if training:
+            self._seed_batch(self.trainer.current_epoch)
         return self.batch_transform(batch, train=training)
+
+    def _seed_batch(self, epoch: int) -> None:
+        """Seed the random generators from (shuffle_seed, epoch, batch of the epoch), so this
+        batch's augmentation and the training step's dropout depend on nothing before it: a run
+        resumed from an epoch's checkpoint continues exactly as the uninterrupted run."""
+        if epoch != self._seeded_epoch:
+            self._seeded_epoch, self._batch_in_epoch = epoch, 0
+        seed = ((self.shuffle_seed * 100_003 + epoch) * 100_003 + self._batch_in_epoch) % 2**32
+        # Not seed_everything: that also rewrites PL_GLOBAL_SEED, which data workers read.
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # CUDA generators too
+        self._batch_in_epoch += 1

@@ -71,6 +71,8 @@ class ClassifierModule(TaskModule):
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_metrics = ClassificationMetrics(self.class_names)
         self.best = nn.ModuleDict({name: MaxMetric() for name in TRACKED_BEST})
+        for tracker in self.best.values():
+            tracker.persistent(True)  # in checkpoints: a resumed run keeps its best-so-far
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (N, n_classes) of images (N, 1, H, W)."""
