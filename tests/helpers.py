@@ -213,3 +213,13 @@ def reference_sr_forward(state: dict, lr: torch.Tensor) -> torch.Tensor:
     x = fn.conv2d(x, state["upsampling.conv.weight"], state["upsampling.conv.bias"], padding=1)
     x = fn.prelu(fn.pixel_shuffle(x, 2), state["upsampling.activation.weight"])
     return fn.conv2d(x, state["last_conv.weight"], state["last_conv.bias"], padding=1)
+
+
+class Payload:
+    """Pickles as a call that creates `marker`: if the file appears, loading ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))

@@ -15,6 +15,7 @@ from lensexp.data.classification import LensClassificationDataModule
 from lensexp.data.superres import SuperResolutionDataModule
 from lensexp.errors import LensexpError
 from tests.helpers import (
+    Payload,
     load_image,
     make_classification_folder,
     make_superres_folder,
@@ -64,22 +65,12 @@ def test_axion_object_arrays_load_without_the_option(tmp_path, cache_dir, allow_
     assert_items_match_files(dm, ds, files)
 
 
-class _Payload:
-    """Pickles as a call that creates `marker`: if the file appears, loading ran code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204
-        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
 @pytest.mark.parametrize("allow_pickle", [False, True])
 def test_a_crafted_pickle_in_a_data_file_never_runs(tmp_path, cache_dir, allow_pickle):
     root = make_classification_folder(tmp_path / "cls", 2, size=32)
     marker = tmp_path / "payload-ran"
     crafted = np.empty(2, dtype=object)
-    crafted[0], crafted[1] = _Payload(marker), 1e-23
+    crafted[0], crafted[1] = Payload(marker), 1e-23
     np.save(root / "train" / "no" / "no_0001.npy", crafted, allow_pickle=True)
     with pytest.raises(LensexpError, match=r"no_0001\.npy: refused: its pickled content calls "
                                            r"builtins\.exec"):  # fmt: skip

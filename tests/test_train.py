@@ -19,7 +19,7 @@ import torch
 from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate
 from lensexp.training import check_compatible, train
-from tests.helpers import CONF, ROOT, compose_cfg, save_image
+from tests.helpers import CONF, ROOT, Payload, compose_cfg, save_image
 
 GROUPS = [
     "data", "loss", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger",
@@ -174,23 +174,13 @@ def test_evaluate_a_checkpoint_with_nothing_else(classification_root: Path, tmp_
     assert evaluate(all_cfg)["n"] == 36
 
 
-class _Payload:
-    """Pickles as a call that creates `marker`: proof, if the file appears, that loading ran code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204
-        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
 def test_evaluate_refuses_a_checkpoint_carrying_a_pickled_payload(
     classification_root: Path, tmp_path: Path
 ) -> None:
     results = train(compose_cfg(tmp_path / "train", quick(classification_root, "debug=limit")))
     checkpoint = torch.load(results["best_checkpoint"], weights_only=True)
     marker = tmp_path / "payload-ran"
-    checkpoint["extra"] = _Payload(marker)
+    checkpoint["extra"] = Payload(marker)
     crafted = tmp_path / "crafted.ckpt"
     torch.save(checkpoint, crafted)
 
