@@ -237,7 +237,7 @@ def test_not_a_npy_file(classification_root, cache_dir, allow_pickle):
         (np.zeros((3, 32, 32)), r"array of shape \(3, 32, 32\)"),
         (np.zeros(32), r"array of shape \(32,\)"),
         (np.zeros((30, 32)), r"image is 30x32, expected 32x32 \(set data\.image_size"),
-        (np.array([["a"] * 32] * 32), "not numeric"),
+        (np.array([["a"] * 32] * 32), "dtype <U1; lensexp reads integer or floating-point"),
     ],
 )
 def test_wrong_shape_or_size(classification_root, cache_dir, array, message):
@@ -462,3 +462,21 @@ def test_stray_files_and_links_out_of_the_root_are_skipped_with_one_warning(
     assert (
         "train/no (class folder): skipped 1 file(s) that are not .npy and 1 symlink(s)" in warning
     )
+
+
+@pytest.mark.parametrize(
+    "dtype,accepted",
+    [(np.uint16, True), (np.int32, True), (np.float16, True), (np.complex64, False), (bool, False)],
+)
+def test_pixel_dtypes(tmp_path, cache_dir, dtype, accepted):
+    root = make_classification_folder(tmp_path / "cls", 2, size=32)
+    image = (np.random.default_rng(0).random((32, 32)) * 100).astype(dtype)
+    np.save(root / "train" / "no" / "no_0001.npy", image)
+    if accepted:
+        _, ds, files = split_of(root, cache_dir, "train")
+        i = [f.name for f in files].index("no_0001.npy")
+        np.testing.assert_allclose(ds[i][0][0].numpy(), image.astype(np.float32), rtol=1e-3)
+    else:
+        with pytest.raises(LensexpError, match=rf"no_0001\.npy: dtype {np.dtype(dtype)}; lensexp "
+                                               r"reads integer or floating-point images"):  # fmt: skip
+            split_of(root, cache_dir, "train")

@@ -129,8 +129,13 @@ def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
         arr = arr[0]
     if arr.ndim != 2:
         raise LensexpError(f"{path}: array of shape {arr.shape}; expected (H, W) or (1, H, W).")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise LensexpError(f"{path}: dtype {arr.dtype} is not numeric.")
+    # Integers and floats are pixel values; a complex or boolean image is not (converting would
+    # silently drop the imaginary part or turn a mask into an image).
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise LensexpError(
+            f"{path}: dtype {arr.dtype}; lensexp reads integer or floating-point images. "
+            f"Convert the file (e.g. np.save(path, image.astype(np.float32)))."
+        )
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
