@@ -177,3 +177,42 @@ def test_adversarial_refuses_trainer_clipping_with_one_line(
         train(cfg)
     assert key in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_adversarial_run_killed_and_resumed_matches_an_uninterrupted_run(
+    superres_root: Path, tmp_path: Path
+) -> None:
+    # Both optimizers, both schedulers (plateau on val/loss), the EMA, the generator-step clock
+    # and the best-so-far PSNR must come back from last.ckpt for the numbers to match.
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    common = sr_quick(superres_root, tmp_path, "adversarial", "trainer.max_epochs=4",
+                      "model.ema_decay=0.9", "scheduler=plateau", "model.generator.channels=4",
+                      "trainer.deterministic=true", "seed=11")  # fmt: skip
+    whole = train(compose_cfg(tmp_path / "whole", common))
+
+    run = tmp_path / "run"
+    script = [sys.executable, "train.py", f"paths.data_dir={tmp_path / 'data'}",
+              f"hydra.run.dir={run}"]  # fmt: skip
+    proc = subprocess.Popen([*script, *common], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    _, stderr = proc.communicate()
+    assert last.exists(), stderr[-3000:]
+    assert torch.load(last, weights_only=True)["global_step"] < whole["global_step"]
+
+    resumed = subprocess.run([*script, "ckpt_path=last"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["global_step"] == whole["global_step"]
+    assert results["final_metrics"] == pytest.approx(whole["final_metrics"], abs=1e-6)
