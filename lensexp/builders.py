@@ -88,7 +88,7 @@ def check_compatible(cfg: DictConfig) -> str:
         return tasks["model"]
     if not HydraConfig.initialized():
         raise LensexpError(
-            f"data, loss and model serve different tasks ({tasks}): choose options of one task."
+            f"data, loss and model serve different tasks ({tasks}); choose options of one task."
         )
     choices = HydraConfig.get().runtime.choices
     with _hydra_compose_ready():
@@ -103,7 +103,11 @@ def check_compatible(cfg: DictConfig) -> str:
                     f"model={choices['model']} is a {model_task} model: choose "
                     f"{group}={'|'.join(valid)}."
                 )
-    return str(model_task)
+    # The options agree, so a command-line `_target_` override made the difference.
+    raise LensexpError(
+        f"data, loss and model serve different tasks ({tasks}); check the `_target_` keys "
+        f"given on the command line."
+    )
 
 
 # -- objects ----------------------------------------------------------------------------------
