@@ -223,3 +223,32 @@ class Payload:
 
     def __reduce__(self):  # noqa: ANN204
         return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def kill_then_resume(overrides: Sequence[str], tmp_path: Path) -> tuple[int, dict]:
+    """Run `python train.py OVERRIDES` in `tmp_path/run`, SIGKILL it as soon as its first
+    last.ckpt exists (wherever it then is, usually in the next epoch), then resume it with
+    `ckpt_path=last` alone. Returns the killed checkpoint's global step and the resumed run's
+    results.json."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    script = [sys.executable, "train.py", f"paths.data_dir={tmp_path / 'data'}",
+              f"hydra.run.dir={run}"]  # fmt: skip
+    last = run / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([*script, *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    stderr = proc.communicate()[1]
+    assert last.exists(), stderr[-3000:]
+    killed_at = torch.load(last, weights_only=True)["global_step"]  # still loadable
+    resumed = subprocess.run([*script, "ckpt_path=last"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return killed_at, json.loads((run / "results.json").read_text())

@@ -315,7 +315,7 @@ def test_config_instantiates(tmp_path, superres_root):
     dm = instantiate(full.data)
     assert isinstance(dm, SuperResolutionDataModule)
     assert (dm.scale, dm.hr_size, dm.flips, dm.rot90) == (2, 150, True, True)
-    assert dm.val_fraction == 0.1 and not dm.simulated and dm.shuffle_seed == 7
+    assert dm.val_fraction == 0.1 and not dm.simulated and dm.train_seed == 7
     assert dm.cache_dir == tmp_path / "cache"
     assert dm.state_for_model() == {"scale": 2}
 

@@ -19,7 +19,7 @@ import torch
 from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate
 from lensexp.training import check_compatible, train
-from tests.helpers import CONF, ROOT, Payload, compose_cfg, save_image
+from tests.helpers import CONF, ROOT, Payload, compose_cfg, kill_then_resume, save_image
 
 GROUPS = [
     "data", "loss", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger",
@@ -454,31 +454,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(
 def test_sigkill_then_resume_matches_an_uninterrupted_run(
     classification_root: Path, tmp_path: Path
 ) -> None:
-    import time
-
     common = quick(classification_root, "trainer.max_epochs=4", "trainer.deterministic=true",
                    "seed=5")  # fmt: skip
     whole = train(compose_cfg(tmp_path / "whole", common))
 
-    run = tmp_path / "run"
-    script = [sys.executable, "train.py", f"paths.data_dir={tmp_path / 'data'}",
-              f"hydra.run.dir={run}"]  # fmt: skip
-    proc = subprocess.Popen([*script, *common], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    last = run / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.kill()  # SIGKILL, wherever it is (usually in the next epoch)
-    _, stderr = proc.communicate()
-    assert last.exists(), stderr[-3000:]
-    killed_at = torch.load(last, weights_only=True)["global_step"]  # still loadable
+    killed_at, results = kill_then_resume(common, tmp_path)
     assert 0 < killed_at < whole["global_step"]
-
-    resumed = subprocess.run([*script, "ckpt_path=last"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    results = json.loads((run / "results.json").read_text())
     assert results["global_step"] == whole["global_step"] == 4 * 3
     assert results["final_metrics"] == pytest.approx(whole["final_metrics"], abs=1e-6)
     assert results["val_metrics"] == pytest.approx(whole["val_metrics"], abs=1e-6)

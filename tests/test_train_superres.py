@@ -20,6 +20,7 @@ from lensexp.metrics.superres import per_image_metrics
 from lensexp.training import check_compatible, train
 from tests.helpers import (
     compose_cfg,
+    kill_then_resume,
     make_superres_folder,
     reference_sr_forward,
     reference_sr_state_dict,
@@ -185,34 +186,12 @@ def test_adversarial_run_killed_and_resumed_matches_an_uninterrupted_run(
 ) -> None:
     # Both optimizers, both schedulers (plateau on val/loss), the EMA, the generator-step clock
     # and the best-so-far PSNR must come back from last.ckpt for the numbers to match.
-    import subprocess
-    import sys
-    import time
-
-    from tests.helpers import ROOT
-
     common = sr_quick(superres_root, tmp_path, "adversarial", "trainer.max_epochs=4",
                       "model.ema_decay=0.9", "scheduler=plateau", "model.generator.channels=4",
                       "trainer.deterministic=true", "seed=11")  # fmt: skip
     whole = train(compose_cfg(tmp_path / "whole", common))
 
-    run = tmp_path / "run"
-    script = [sys.executable, "train.py", f"paths.data_dir={tmp_path / 'data'}",
-              f"hydra.run.dir={run}"]  # fmt: skip
-    proc = subprocess.Popen([*script, *common], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    last = run / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.kill()
-    _, stderr = proc.communicate()
-    assert last.exists(), stderr[-3000:]
-    assert torch.load(last, weights_only=True)["global_step"] < whole["global_step"]
-
-    resumed = subprocess.run([*script, "ckpt_path=last"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    results = json.loads((run / "results.json").read_text())
+    killed_at, results = kill_then_resume(common, tmp_path)
+    assert killed_at < whole["global_step"]
     assert results["global_step"] == whole["global_step"]
     assert results["final_metrics"] == pytest.approx(whole["final_metrics"], abs=1e-6)

@@ -73,7 +73,7 @@ class NpyDataModule(L.LightningDataModule):
         val_fraction: float = 0.2,
         split_seed: int = 0,
         predict_split: str = "val",
-        shuffle_seed: int = 0,
+        train_seed: int = 0,
     ) -> None:
         super().__init__()
         if root is None and default_root is None:
@@ -87,7 +87,7 @@ class NpyDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
-        self.shuffle_seed = int(shuffle_seed)
+        self.train_seed = int(train_seed)
         self._seeded_epoch, self._batch_in_epoch = -1, 0
         self.predict_split = check_choice("split", predict_split, SPLITS)
         self.datasets: dict[str, PackedDataset] = {}
@@ -148,7 +148,7 @@ class NpyDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None,
+            sampler=EpochShuffle(len(dataset), self.train_seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.num_workers > 0,
@@ -174,12 +174,12 @@ class NpyDataModule(L.LightningDataModule):
         return self.batch_transform(batch, train=training)
 
     def _seed_batch(self, epoch: int) -> None:
-        """Seed the random generators from (shuffle_seed, epoch, batch of the epoch), so this
+        """Seed the random generators from (train_seed, epoch, batch of the epoch), so this
         batch's augmentation and the training step's dropout depend on nothing before it: a run
         resumed from an epoch's checkpoint continues exactly as the uninterrupted run."""
         if epoch != self._seeded_epoch:
             self._seeded_epoch, self._batch_in_epoch = epoch, 0
-        seed = ((self.shuffle_seed * 100_003 + epoch) * 100_003 + self._batch_in_epoch) % 2**32
+        seed = ((self.train_seed * 100_003 + epoch) * 100_003 + self._batch_in_epoch) % 2**32
         # Not seed_everything: that also rewrites PL_GLOBAL_SEED, which data workers read.
         random.seed(seed)
         np.random.seed(seed)
