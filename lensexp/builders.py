@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lensexp.callbacks import CONFIG_KEY, StoreConfig
 from lensexp.errors import LensexpError
+from lensexp.models.weights import load_torch_file
 from lensexp.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -156,10 +157,11 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 
 def build_report_trainer(cfg: DictConfig, keep_limits: bool) -> L.Trainer:
-    """A Trainer for one prediction pass on the run's device, with no side effects.
+    """A Trainer for one pass outside fitting (the best checkpoint's validation, a report's
+    prediction) on the run's device, with no side effects.
 
-    `keep_limits`: predict as far as the run validated (a debug or limited run stays short);
-    otherwise the whole split.
+    `keep_limits`: go as far as the run validated (a debug or limited run stays short);
+    otherwise predict the whole split.
     """
     limits: dict[str, Any] = {"fast_dev_run": False, "limit_predict_batches": 1.0}
     if keep_limits:
@@ -188,6 +190,19 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 # -- a checkpoint's own config ----------------------------------------------------------------
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint written by train.py, loaded without running code (`ckpt_path=PATH`)."""
+    checkpoint = load_torch_file(
+        path, "ckpt_path", "Give a checkpoint written by train.py (checkpoints/*.ckpt)."
+    )
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise LensexpError(
+            f"ckpt_path={path}: not a Lightning checkpoint (no state_dict); evaluate plain "
+            f"weights with model=... model.pretrained=PATH instead."
+        )
+    return checkpoint
+
+
 def _command_line() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 

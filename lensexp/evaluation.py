@@ -14,9 +14,10 @@ from lensexp.builders import (
     build_report_trainer,
     check_compatible,
     config_from_checkpoint,
+    read_checkpoint,
 )
 from lensexp.errors import LensexpError
-from lensexp.models.weights import KEYWORDS, load_torch_file
+from lensexp.models.weights import KEYWORDS
 from lensexp.reporting.files import print_metrics_table
 
 
@@ -54,16 +55,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"model.pretrained={pretrained} would score an untrained network."
         )
     if cfg.get("ckpt_path"):
-        checkpoint = load_torch_file(
-            cfg.ckpt_path,
-            "ckpt_path",
-            "Give a checkpoint written by train.py (checkpoints/*.ckpt).",
-        )
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise LensexpError(
-                f"ckpt_path={cfg.ckpt_path}: not a Lightning checkpoint (no state_dict); evaluate "
-                f"plain weights with model=... model.pretrained=PATH instead."
-            )
+        checkpoint = read_checkpoint(str(cfg.ckpt_path))
         run = config_from_checkpoint(cfg, checkpoint, str(cfg.ckpt_path))
     check_compatible(run)
     L.seed_everything(cfg.seed, workers=True)

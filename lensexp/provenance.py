@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from importlib import metadata
@@ -28,9 +29,11 @@ def _git(root: Path, *args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+@functools.cache
 def provenance(root: str | Path) -> dict[str, Any]:
     """Versions of the packages that shape a result, Python's, and `root`'s git commit (with
-    `git_dirty`: uncommitted changes to tracked files), or None outside a git checkout."""
+    `git_dirty`: uncommitted changes to tracked files), or None outside a git checkout.
+    Computed once per process and root (the run folder and the checkpoints both record it)."""
     root = Path(root)
     commit = _git(root, "rev-parse", "HEAD")
     dirty = _git(root, "status", "--porcelain", "--untracked-files=no") if commit else None

@@ -21,10 +21,10 @@ from lensexp.builders import (
     check_compatible,
     config_from_checkpoint,
     output_dir,
+    read_checkpoint,
 )
 from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate_module
-from lensexp.models.weights import load_torch_file
 from lensexp.provenance import provenance
 from lensexp.reporting.files import print_metrics_table, write_json, write_text_atomic
 
@@ -78,8 +78,7 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, str | None]:
                 f"ckpt_path=last: no {path}; give hydra.run.dir=RUN (the folder of the run to "
                 f"resume) or ckpt_path=PATH."
             )
-    checkpoint = load_torch_file(path, "ckpt_path", "Give a checkpoint written by train.py.")
-    return config_from_checkpoint(cfg, checkpoint, path, resume=True), path
+    return config_from_checkpoint(cfg, read_checkpoint(path), path, resume=True), path
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

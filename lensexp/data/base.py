@@ -32,6 +32,15 @@ def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def derived_seed(*parts: int) -> int:
+    """One 32-bit seed from several integers (a run's seed, an epoch, a batch), distinct for
+    distinct tuples in practice."""
+    seed = 0
+    for part in parts:
+        seed = seed * 100_003 + int(part)
+    return seed % 2**32
+
+
 class EpochShuffle(Sampler[int]):
     """A permutation of the dataset drawn from (`seed`, epoch) alone; Lightning calls
     `set_epoch` before each epoch, so a resumed run sees the uninterrupted run's order."""
@@ -45,7 +54,7 @@ class EpochShuffle(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
     def __len__(self) -> int:
@@ -179,7 +188,7 @@ class NpyDataModule(L.LightningDataModule):
         resumed from an epoch's checkpoint continues exactly as the uninterrupted run."""
         if epoch != self._seeded_epoch:
             self._seeded_epoch, self._batch_in_epoch = epoch, 0
-        seed = ((self.train_seed * 100_003 + epoch) * 100_003 + self._batch_in_epoch) % 2**32
+        seed = derived_seed(self.train_seed, epoch, self._batch_in_epoch)
         # Not seed_everything: that also rewrites PL_GLOBAL_SEED, which data workers read.
         random.seed(seed)
         np.random.seed(seed)
