@@ -28,12 +28,13 @@ def set_project_root(entry_file: str) -> str:
 BOOKKEEPING = (".hydra", "config.yaml", "provenance.json")
 
 
-def remove_if_nothing_made(run_dir: Path) -> None:
-    """Remove a failed run's folder when it holds only bookkeeping, so it does not pass for a
-    run (e.g. in TensorBoard's run list); anything else it holds is left as it is."""
+def remove_if_nothing_made(run_dir: Path, log_name: str) -> None:
+    """Remove a failed run's folder when it holds only bookkeeping (and Hydra's `log_name`), so
+    it does not pass for a run (e.g. in TensorBoard's run list); a folder holding anything else
+    is left as it is."""
     if not run_dir.is_dir():
         return
-    if all(p.name in BOOKKEEPING or p.suffix == ".log" for p in run_dir.iterdir()):
+    if all(p.name in (*BOOKKEEPING, log_name) for p in run_dir.iterdir()):
         shutil.rmtree(run_dir)
 
 
@@ -63,5 +64,6 @@ def run_reporting_errors(fn: Callable[[], Any]) -> Any:
             # An exception, not an exit: Hydra records this job as failed and runs the others.
             raise user_error from None
         if HydraConfig.initialized():
-            remove_if_nothing_made(Path(HydraConfig.get().runtime.output_dir))
+            hydra = HydraConfig.get()
+            remove_if_nothing_made(Path(hydra.runtime.output_dir), f"{hydra.job.name}.log")
         sys.exit(1)
