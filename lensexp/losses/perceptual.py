@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from lensexp.errors import LensexpError
 from lensexp.losses.pixel import check_criterion, distance
-from lensexp.models.weights import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from lensexp.models.weights import IMAGENET_MEAN, IMAGENET_STD, NO_WEIGHTS, load_pretrained
 
 WEIGHTS_OPTION = "loss.weights"
 LAYER_OPTION = "loss.perceptual.layer"
@@ -76,7 +76,7 @@ def build_vgg19_features(end: int, weights: str) -> tuple[nn.Sequential, bool]:
     `imagenet` and a path the network is built on the meta device and allocated uninitialised:
     the strict load that follows fills every tensor (VGG has no buffers), or raises.
     """
-    if weights in ("random", "none"):
+    if weights in NO_WEIGHTS:
         return torchvision.models.vgg19().features[:end], False
     vgg = _vgg19_on_meta()
     if weights == "imagenet":
