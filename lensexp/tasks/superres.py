@@ -286,6 +286,8 @@ class SuperResolutionModule(TaskModule):
         `keep_outputs`); see `write_superres_report`."""
         from lensexp.reporting.superres import write_superres_report
 
+        # A limited run (debug=fdr, limit_val_batches) predicts only the first batches.
+        files = list(files)[: sum(len(o["psnr"]) for o in outputs)]
         return write_superres_report(out_dir, outputs, files, save_outputs=self.keep_outputs)
 
 
