@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lensexp.cli import run_reporting_errors, set_project_root
+from lensexp.cli import run_entry_point, run_reporting_errors, set_project_root
 
 CONFIG_DIR = set_project_root(__file__)
 
@@ -18,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

@@ -242,6 +242,14 @@ def config_from_checkpoint(
         elif head in keys or head == "experiment":
             ignored.append(override.input_line)
     if ignored:
+        stored_task = _task_of(_target_of(run.get("model")), "model")
+        asked_task = _task_of(_target_of(cfg.get("model")), "model")
+        if asked_task != stored_task:
+            raise LensexpError(
+                f"ckpt_path={path}: a {stored_task} checkpoint, but {' '.join(ignored)} asks for "
+                f"a {asked_task} model: leave those out (the checkpoint's own config is used), "
+                f"or give a {asked_task} checkpoint."
+            )
         log.warning(
             "ckpt_path given: the checkpoint's config wins; ignoring %s", ", ".join(ignored)
         )

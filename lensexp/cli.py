@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 
 from lensexp.errors import LensexpError
@@ -38,6 +41,32 @@ def remove_if_nothing_made(run_dir: Path, log_name: str) -> None:
         shutil.rmtree(run_dir)
 
 
+# Lightning's own console handlers, beside Hydra's: without them each message is printed once.
+LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    return "Tip:" not in record.getMessage()
+
+
+def route_library_logs() -> None:
+    """Send Lightning's log messages once, through Hydra's handlers (console and the job's log
+    file), without its advertising tips. Does nothing when Hydra has not configured logging."""
+    if not logging.getLogger().handlers:
+        return
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _no_tips not in rank_zero.filters:
+        rank_zero.addFilter(_no_tips)
+    # Lightning 2.6's own use of a torch API that torch 2.10+ deprecates; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+
+
 def _user_error(err: BaseException) -> LensexpError | None:
     """The LensexpError behind `err`: itself, or the cause Hydra wrapped while instantiating."""
     seen: set[int] = set()
@@ -53,6 +82,7 @@ def _user_error(err: BaseException) -> LensexpError | None:
 def run_reporting_errors(fn: Callable[[], Any]) -> Any:
     """Run `fn`; a LensexpError (bad input or config), also one raised inside Hydra's
     `instantiate`, becomes one line on stderr and exit 1."""
+    route_library_logs()
     try:
         return fn()
     except Exception as err:
@@ -66,4 +96,54 @@ def run_reporting_errors(fn: Callable[[], Any]) -> Any:
         if HydraConfig.initialized():
             hydra = HydraConfig.get()
             remove_if_nothing_made(Path(hydra.runtime.output_dir), f"{hydra.job.name}.log")
+        sys.exit(1)
+
+
+# What Hydra raises before any job runs: an unknown key, an option that does not exist, an
+# override it cannot parse.
+COMPOSITION_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException)
+# Lines of Hydra's messages that say nothing the user can act on.
+NOISE = ("full_key:", "object_type=", "Config search path", "provider=", "See https://hydra.cc")
+
+
+def composition_error_line(err: BaseException) -> str:
+    """Hydra's several-line composition error as one line."""
+    text = str(err)
+    if "Could not override" in text and "+" in text:
+        key = text.split("'")[1]
+        return (
+            f"unknown config key {key}: check its spelling (`--cfg job` prints every key), "
+            f"or add a new key with +{key}=VALUE"
+        )
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the override {err.override!r}: {text.splitlines()[0]}"
+    line = ""
+    heading = False
+    for item in (raw.strip() for raw in text.splitlines()):
+        if not item or item.startswith(NOISE):
+            continue
+        # The items under a "...:" heading (e.g. available options) become a comma list.
+        separator = " " if not line or line.endswith(":") else (", " if heading else "; ")
+        line += separator + item
+        heading = heading or item.endswith(":")
+    return line.strip()
+
+
+def run_entry_point(main: Callable[[], Any]) -> None:
+    """Run a Hydra entry point so that a config Hydra cannot compose, and a LensexpError that
+    ends a multirun, are one `lensexp: error:` line and exit 1 instead of Hydra's several
+    lines. HYDRA_FULL_ERROR=1 set by the user keeps Hydra's full reports."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        main()
+        return
+    # Hydra then raises instead of printing, and this function reports.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except COMPOSITION_ERRORS as err:
+        print(f"lensexp: error: {composition_error_line(err)}", file=sys.stderr)
+        sys.exit(1)
+    except LensexpError as err:
+        # A multirun's failed job (already reported on its own line); the others have run.
+        print(f"lensexp: error: a job of the sweep failed: {err}", file=sys.stderr)
         sys.exit(1)

@@ -64,9 +64,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if checkpoint is not None:
         module.load_state_dict(checkpoint["state_dict"])
     trainer = build_report_trainer(run, keep_limits=False)
-    report = evaluate_module(
-        module, datamodule, trainer, cfg.split, out_dir, cfg.get("save_outputs", False)
-    )
+    try:
+        report = evaluate_module(
+            module, datamodule, trainer, cfg.split, out_dir, cfg.get("save_outputs", False)
+        )
+    except LensexpError as err:
+        if checkpoint is None:
+            raise
+        # Data of the other task is the likely cause: say what the checkpoint expects.
+        raise LensexpError(f"{err} (ckpt_path={cfg.ckpt_path} is a {module.task} model)") from err
     print_metrics_table(report, title=f"{module.task}: {cfg.split} split of {datamodule.root}")
     print(f"report: {out_dir}")
     return report

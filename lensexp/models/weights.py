@@ -55,8 +55,11 @@ def load_torch_file(path: str | os.PathLike, option: str, remedy: str) -> Any:
         ) from None
     except Exception as err:  # torch raises many types for a truncated or foreign file
         first = str(err).strip().split(". ")[0].splitlines()
+        reason = first[0] if first else type(err).__name__
+        size = file.stat().st_size
         raise LensexpError(
-            f"{option}={path}: not a readable torch file ({first[0] if first else type(err)})."
+            f"{option}={path}: not a readable torch file ({reason}; {size} bytes): truncated "
+            f"or not written by torch.save; copy it again or give another file."
         ) from None
 
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import lensexp
 from lensexp.checks import check_choice
+from lensexp.cli import run_entry_point
 from lensexp.errors import LensexpError
 
 # The CLI config sits in its own folder so Hydra does not offer the presets as a config group
@@ -62,4 +63,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)
