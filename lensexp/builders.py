@@ -10,6 +10,7 @@ cfg.trainer   -> lightning Trainer, with cfg.callbacks and cfg.logger
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -172,6 +173,9 @@ def build_report_trainer(cfg: DictConfig, keep_limits: bool) -> L.Trainer:
     return instantiate(
         cfg.trainer,
         **limits,
+        # Under SLURM, Lightning loads the newest hpc_ckpt_*.ckpt of default_root_dir over the
+        # weights it is given; this trainer writes nothing, so it gets a folder without any.
+        default_root_dir=Path(tempfile.gettempdir()) / "lensexp-report-trainer",
         logger=False,
         callbacks=[],
         enable_checkpointing=False,

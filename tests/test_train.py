@@ -463,3 +463,60 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
     assert results["global_step"] == whole["global_step"] == 4 * 3
     assert results["final_metrics"] == pytest.approx(whole["final_metrics"], abs=1e-6)
     assert results["val_metrics"] == pytest.approx(whole["val_metrics"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_slurm_requeue_through_lightnings_plugin_resumes_the_run(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    """As under `sbatch --requeue --signal=SIGUSR1@90` with `hydra.run.dir=.../$SLURM_JOB_ID`:
+    SIGUSR1 makes Lightning save hpc_ckpt_1.ckpt in the run folder and call `scontrol requeue`;
+    SLURM then kills the job and starts the same command, which continues from that
+    checkpoint and ends where an uninterrupted run ends."""
+    import os
+    import signal
+    import time
+
+    common = quick(classification_root, "trainer.max_epochs=4", "trainer.deterministic=true",
+                   "seed=5")  # fmt: skip
+    whole = train(compose_cfg(tmp_path / "whole", common))
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    requeued = tmp_path / "requeued.txt"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {requeued}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = os.environ | {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "lensexp", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+    }  # fmt: skip
+    run = tmp_path / "run"
+    command = [sys.executable, "train.py", *common, f"paths.data_dir={tmp_path / 'data'}",
+               f"hydra.run.dir={run}"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    while not requeued.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # what SLURM does to a requeued job
+    stderr = proc.communicate()[1]
+    assert requeued.read_text().split() == ["requeue", "4242"], stderr[-3000:]
+    saved = torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)
+    assert 0 < saved["global_step"] < whole["global_step"]
+
+    restarted = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=300)  # fmt: skip
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    # Continued from the hpc checkpoint (not afresh), and only fit loaded it: the reports
+    # score the best checkpoint, not the spent hpc one.
+    restored = f"Restoring states from the checkpoint path at {run / 'hpc_ckpt_1.ckpt'}"
+    assert restarted.stdout.count(restored) == 1, restarted.stdout[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["global_step"] == whole["global_step"] == 4 * 3
+    assert results["final_metrics"] == pytest.approx(whole["final_metrics"], abs=1e-6)
+    # The best checkpoint's report, not the spent hpc checkpoint's weights.
+    assert results["val_metrics"] == pytest.approx(whole["val_metrics"], abs=1e-6)
