@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
 
 CONFIG_KEY = "lensexp_config"
 PROVENANCE_KEY = "lensexp_provenance"
@@ -44,3 +49,33 @@ class InterruptCheckpoint(Callback):
     ) -> None:
         if isinstance(exception, SIGTERMException | KeyboardInterrupt) and trainer.global_step:
             trainer.save_checkpoint(self.path)
+
+
+class EpochLog(Callback):
+    """One log line per training epoch (epoch, step, the validation and epoch-level training
+    metrics, seconds) when stdout is not a terminal: in a log file or a SLURM output a progress
+    bar shows nothing useful. `always=True` logs in a terminal too."""
+
+    def __init__(self, always: bool = False) -> None:
+        self.always = always
+        self._started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not (self.always or not sys.stdout.isatty()) or not trainer.is_global_zero:
+            return
+        metrics = ", ".join(
+            f"{name} {float(value):.4g}"
+            for name, value in sorted(trainer.callback_metrics.items())
+            if name.startswith(("val/", "train/")) and value.numel() == 1
+        )
+        log.info(
+            "epoch %d/%d (step %d): %s [%.1f s]",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            trainer.global_step,
+            metrics or "no metrics yet",
+            time.perf_counter() - self._started,
+        )

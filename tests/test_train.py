@@ -112,6 +112,9 @@ def test_short_run_through_the_script(classification_root: Path, tmp_path: Path)
     results = json.loads((out / "results.json").read_text())
     assert Path(results["best_checkpoint"]).parent == out / "checkpoints"
     assert f"best checkpoint: {results['best_checkpoint']}" in proc.stdout
+    # Not a terminal: one progress line per epoch, with its metrics.
+    (epoch_line,) = [line for line in proc.stdout.splitlines() if "epoch 1/1 (step" in line]
+    assert "val/auc_micro" in epoch_line
     (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
