@@ -3,7 +3,7 @@
 cfg.data      -> LightningDataModule      (task: classification | superres)
 cfg.loss      -> loss nn.Module           (must share the data module's task)
 cfg.model     -> TaskModule, given the loss, optimizer/scheduler partials and what the
-                 data module knows (class names, scale)
+                 data module knows (class names, scale, the images' bands)
 cfg.trainer   -> lightning Trainer, with cfg.callbacks and cfg.logger
 """
 
@@ -120,6 +120,22 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return datamodule
 
 
+def data_facts(model: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
+    """What the data module tells the model (`state_for_model`), as constructor arguments.
+
+    A plain value is an argument of the module (class names, scale, a classifier's
+    `in_channels`). A dict holds settings of one of the model's networks (an SR generator's
+    bands): Hydra merges it into that node before building it, so it is passed only when the
+    model config has a node of that name (an SR model without a discriminator gets none).
+    """
+    facts = datamodule.state_for_model()
+    return {
+        key: value
+        for key, value in facts.items()
+        if not isinstance(value, dict) or isinstance(model.get(key), DictConfig)
+    }
+
+
 def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
     """The LightningModule, given its loss, optimizer, scheduler and what the data says."""
     loss = instantiate(cfg.loss)
@@ -132,7 +148,7 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightn
         loss=loss,
         optimizer=optimizer,
         scheduler=scheduler,
-        **datamodule.state_for_model(),
+        **data_facts(cfg.model, datamodule),
     )
 
 

@@ -37,6 +37,20 @@ def evaluate_module(
     return module.write_report(outputs, datamodule.files[split], Path(out_dir))
 
 
+def load_weights(module: L.LightningModule, checkpoint: dict[str, Any], path: str) -> None:
+    """Load a checkpoint's weights into `module`, or say in one line that they do not fit."""
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        # The model is built for the data given now: other bands or classes change its shapes.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
+        raise LensexpError(
+            f"ckpt_path={path}: its weights do not fit the model built for this data "
+            f"({detail[:300]}); the data's bands or classes differ from the training data's."
+        ) from err
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint (`ckpt_path`) or the model the config builds; return the metrics."""
     out_dir = Path(cfg.paths.output_dir)
@@ -57,14 +71,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("ckpt_path"):
         checkpoint = read_checkpoint(str(cfg.ckpt_path))
         run = config_from_checkpoint(cfg, checkpoint, str(cfg.ckpt_path))
-    check_compatible(run)
+    task = check_compatible(run)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run)
-    module = build_module(run, datamodule)
-    if checkpoint is not None:
-        module.load_state_dict(checkpoint["state_dict"])
-    trainer = build_report_trainer(run, keep_limits=False)
     try:
+        # The model reads facts from the data (its bands), so data errors can start here.
+        module = build_module(run, datamodule)
+        if checkpoint is not None:
+            load_weights(module, checkpoint, str(cfg.ckpt_path))
+        trainer = build_report_trainer(run, keep_limits=False)
         report = evaluate_module(
             module, datamodule, trainer, cfg.split, out_dir, cfg.get("save_outputs", False)
         )
@@ -72,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if checkpoint is None:
             raise
         # Data of the other task is the likely cause: say what the checkpoint expects.
-        raise LensexpError(f"{err} (ckpt_path={cfg.ckpt_path} is a {module.task} model)") from err
+        raise LensexpError(f"{err} (ckpt_path={cfg.ckpt_path} is a {task} model)") from err
     print_metrics_table(report, title=f"{module.task}: {cfg.split} split of {datamodule.root}")
     print(f"report: {out_dir}")
     return report

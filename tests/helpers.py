@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 
 CLASSES = ("no", "sphere", "vort")
-FORMATS = ("chw", "hw", "float64", "object")
+# The public DeepLense Model I-IV class folders, in lensexp's class order (no, sphere, vort).
+PUBLIC_CLASSES = ("no_sub", "cdm", "axion")
+FORMATS = ("chw", "hw", "float64", "object", "hwc")
 
 
 def _rng(*key: object) -> np.random.Generator:
@@ -29,16 +31,20 @@ def _rng(*key: object) -> np.random.Generator:
 
 
 def save_image(path: Path, image: np.ndarray, fmt: str = "chw", axion_mass: float = 1e-23) -> Path:
-    """Write a (H, W) image in one of the DeepLense formats.
+    """Write a (H, W) image, or a (C, H, W) one with "chw"/"hwc", in one of the DeepLense formats.
 
-    fmt: "chw" (1, H, W) float32 (the DeepLense default), "hw" (H, W) float32, "float64"
-    (1, H, W) float64, or "object" (the Model I-IV pickled object array `[image, axion_mass]`).
+    fmt: "chw" (1, H, W) float32 (the DeepLense default; a (C, H, W) image as it is, the Model IV
+    layout), "hwc" (H, W, C) float32, "hw" (H, W) float32, "float64" (1, H, W) float64, or
+    "object" (the Model I-IV pickled object array `[image, axion_mass]`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image = np.asarray(image)
+    bands = image if image.ndim == 3 else image[None]
     if fmt == "chw":
-        np.save(path, image[None].astype(np.float32))
+        np.save(path, bands.astype(np.float32))
+    elif fmt == "hwc":
+        np.save(path, np.moveaxis(bands, 0, -1).astype(np.float32))
     elif fmt == "hw":
         np.save(path, image.astype(np.float32))
     elif fmt == "float64":
@@ -50,6 +56,16 @@ def save_image(path: Path, image: np.ndarray, fmt: str = "chw", axion_mass: floa
     else:
         raise ValueError(f"fmt={fmt!r}: choose one of {FORMATS}")
     return path
+
+
+def load_bands(path: Path, fmt: str = "chw") -> np.ndarray:
+    """A test file's (C, H, W) image as float32, written by `save_image` with `fmt`."""
+    arr = np.load(path, allow_pickle=True)
+    if arr.dtype == object:
+        arr = np.asarray(arr[0])
+    if fmt == "hwc":
+        arr = np.moveaxis(arr, -1, 0)
+    return np.asarray(arr, dtype=np.float32).reshape((-1, *arr.shape[-2:]))
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -71,19 +87,43 @@ def make_classification_folder(
     n_val: int | None = None,
     with_test: bool = False,
     seed: int = 0,
+    bands: int = 1,
 ) -> Path:
     """Write `ROOT/train/<class>/<class>_<i>.npy` (+ `val/`, `test/`) and return ROOT.
 
     `n_per_class` training images per class; val/ and test/ get `n_val` (default the same).
+    `bands` > 1 writes (bands, size, size) images (fmt "chw" or "hwc").
     """
     root = Path(root)
     splits = ["train"] + (["val"] if with_val else []) + (["test"] if with_test else [])
+    shape = (size, size) if bands == 1 else (bands, size, size)
     for split in splits:
         count = n_per_class if split == "train" or n_val is None else n_val
         for cls in classes:
             for i in range(count):
-                image = _rng(seed, split, cls, i).random((size, size))
+                image = _rng(seed, split, cls, i).random(shape)
                 save_image(root / split / cls / f"{cls}_{i:04d}.npy", image, fmt)
+    return root
+
+
+def make_public_model_i_folder(root: Path, n_per_class: int, size: int = 150) -> Path:
+    """The public DeepLense Model I layout: `ROOT/{train,val}/{no_sub,cdm,axion}/*.npy`, where
+    no_sub and cdm hold (1, H, W) float64 arrays and axion holds 2-element object arrays
+    `[image (H, W) float64, axion mass]` (np.save with allow_pickle). Pixels are raw-flux-like
+    (not in [0, 1]), so a test can tell normalised values from the files' own."""
+    root = Path(root)
+    for split in ("train", "val"):
+        for cls in PUBLIC_CLASSES:
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_class):
+                image = 50.0 + 900.0 * _rng("public", split, cls, i).random((size, size))
+                if cls == "axion":
+                    arr = np.empty(2, dtype=object)
+                    arr[0], arr[1] = image, 10.0 ** -(22.0 + i % 3)
+                    np.save(folder / f"axion_sim_{i}.npy", arr, allow_pickle=True)
+                else:
+                    np.save(folder / f"{cls}_sim_{i}.npy", image[None])
     return root
 
 
@@ -97,12 +137,14 @@ def make_superres_folder(
     names: Sequence[str] | None = None,
     fmt: str = "chw",
     seed: int = 0,
+    bands: int = 1,
 ) -> Path:
     """Write `n` pairs `ROOT[/subdir]/HR/<name>.npy` and `.../LR/<name>.npy`; return ROOT.
 
-    HR is random (lr_size*scale pixels square) and LR its exact `scale` x `scale` block mean,
-    so `avg_pool2d(hr, scale) == lr`. Names default to `img<i>.npy` (not zero-padded, so their
-    sorted order is not their numeric order). Files are written in reverse order in LR/.
+    HR is random (lr_size*scale pixels square, `bands` > 1: that many bands) and LR its exact
+    `scale` x `scale` block mean, so `avg_pool2d(hr, scale) == lr`. Names default to
+    `img<i>.npy` (not zero-padded, so their sorted order is not their numeric order). Files are
+    written in reverse order in LR/.
     """
     root = Path(root)
     base = root / subdir if subdir else root
@@ -111,9 +153,11 @@ def make_superres_folder(
         raise ValueError(f"{len(names)} names for {n} pairs")
     hr_size = lr_size * scale
     pairs = []
+    lead = () if bands == 1 else (bands,)
     for i, name in enumerate(names):
-        hr = _rng(seed, subdir, name, i).random((hr_size, hr_size)).astype(np.float32)
-        lr = hr.reshape(lr_size, scale, lr_size, scale).mean(axis=(1, 3), dtype=np.float64)
+        hr = _rng(seed, subdir, name, i).random((*lead, hr_size, hr_size)).astype(np.float32)
+        blocks = hr.reshape(*lead, lr_size, scale, lr_size, scale)
+        lr = blocks.mean(axis=(-3, -1), dtype=np.float64)
         pairs.append((name, hr, lr))
     for name, hr, _ in pairs:
         save_image(base / "HR" / name, hr, fmt)

@@ -163,6 +163,41 @@ def test_first_conv_with_several_channels_equals_repeat_on_copies(in_channels: i
         torch.testing.assert_close(stem_f, stem_r, rtol=1e-5, atol=1e-5)
 
 
+def test_three_bands_pass_through_repeat_one_per_rgb_channel() -> None:
+    model = ImageClassifier("resnet18", in_channels=3, pretrained="none", normalize="imagenet")
+    bands = torch.rand(2, 3, 32, 32)
+    logits, stem = stem_output(model, bands)
+    with torch.no_grad():
+        expected = model.net.conv1((bands - model.mean) / model.std)
+    torch.testing.assert_close(stem, expected)
+    # Not one band repeated: the first band alone gives another stem output.
+    _, first_band_only = stem_output(model, bands[:, :1])
+    assert (stem - first_band_only).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_three_band_dataset_gives_a_three_channel_classifier(
+    tmp_path: Path, adapter: str
+) -> None:
+    from lensexp.builders import build_datamodule, build_module
+    from tests.helpers import compose_cfg, make_classification_folder
+
+    root = make_classification_folder(tmp_path / "cls", 2, size=64, bands=3)
+    cfg = compose_cfg(tmp_path, [f"data.root={root}", "model=mobilenet_v3_small",
+                                 "model.pretrained=none", f"model.input_adapter={adapter}",
+                                 "data.batch_size=4"])  # fmt: skip
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    assert module.hparams.in_channels == module.net.in_channels == 3
+    stem = locate(module.net.net, BACKBONES["mobilenet_v3_small"].stem)[2]
+    conv = stem.conv if adapter == "first_conv" else stem
+    assert conv.in_channels == 3
+    datamodule.setup("fit")
+    images, _ = next(iter(datamodule.train_dataloader()))
+    assert images.shape == (4, 3, 64, 64)
+    assert module.eval()(images).shape == (4, 3)
+
+
 def test_first_conv_without_normalisation_has_a_zero_offset() -> None:
     model = ImageClassifier("mobilenet_v3_small", pretrained="none", input_adapter="first_conv")
     stem = model.net.features[0][0]

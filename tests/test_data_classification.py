@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +19,14 @@ from lensexp.data.classification import LensClassificationDataModule
 from lensexp.data.superres import SuperResolutionDataModule
 from lensexp.errors import LensexpError
 from tests.helpers import (
+    PUBLIC_CLASSES,
+    ROOT,
     Payload,
+    compose_cfg,
+    load_bands,
     load_image,
     make_classification_folder,
+    make_public_model_i_folder,
     make_superres_folder,
     save_image,
     tree,
@@ -91,15 +100,29 @@ def test_other_object_arrays_need_the_option(tmp_path, cache_dir):
     np.testing.assert_allclose(ds[i][0][0].numpy(), odd[1].astype(np.float32), rtol=1e-6)
 
 
-def test_default_image_size_is_150(tmp_path, cache_dir):
-    root = make_classification_folder(tmp_path / "cls", 1, size=150)
-    dm = LensClassificationDataModule(root=str(root), cache_dir=str(cache_dir))
+def test_image_size_null_takes_the_size_of_the_files(tmp_path, cache_dir):
+    root = make_classification_folder(tmp_path / "cls", 1, size=40)
+    dm = LensClassificationDataModule(root=str(root), cache_dir=str(cache_dir))  # the default
     dm.setup("fit")
-    assert dm.datasets["train"][0][0].shape == (1, 150, 150)
-    small = make_classification_folder(tmp_path / "small", 1, size=32)
-    dm = LensClassificationDataModule(root=str(small), cache_dir=str(cache_dir))
-    with pytest.raises(LensexpError, match=r"no_0000\.npy: image is 32x32, expected 150x150"):
+    assert dm.image_shape == (1, 40, 40)
+    assert dm.datasets["train"][0][0].shape == dm.datasets["val"][0][0].shape == (1, 40, 40)
+    # One image of another size: one line naming it and the image that set the size.
+    save_image(root / "val" / "vort" / "vort_0000.npy", np.zeros((32, 32)))
+    dm = LensClassificationDataModule(root=str(root), cache_dir=str(cache_dir))
+    with pytest.raises(
+        LensexpError,
+        match=r"val/vort/vort_0000\.npy: image is 32x32, expected 40x40 \(data\.image_size=null: "
+        r"every image has the size and bands of the first image, .*train/no/no_0000\.npy\)",
+    ):
         dm.setup("fit")
+    # A size given: files of another size are refused.
+    dm = LensClassificationDataModule(root=str(root), cache_dir=str(cache_dir), image_size=150)
+    with pytest.raises(
+        LensexpError, match=r"train/no/no_0000\.npy: image is 40x40, expected 150x150 \(set data"
+    ):
+        dm.setup("fit")
+    with pytest.raises(LensexpError, match=r"data\.image_size=0: must be an integer >= 1"):
+        LensClassificationDataModule(root=str(root), image_size=0)
 
 
 # -- classes ----------------------------------------------------------------------------------
@@ -111,7 +134,7 @@ def test_class_index_is_sorted_folder_order(tmp_path, cache_dir):
     )
     dm, ds, files = split_of(root, cache_dir, "train")
     assert dm.classes == ["axion", "cdm", "vort"]
-    assert dm.state_for_model() == {"class_names": ["axion", "cdm", "vort"]}
+    assert dm.state_for_model() == {"class_names": ["axion", "cdm", "vort"], "in_channels": 1}
     assert_items_match_files(dm, ds, files)
     assert dm.build_split("train")[0].labels.tolist() == [0, 0, 1, 1, 2, 2]
 
@@ -234,7 +257,11 @@ def test_not_a_npy_file(classification_root, cache_dir, allow_pickle):
 @pytest.mark.parametrize(
     ("array", "message"),
     [
-        (np.zeros((3, 32, 32)), r"array of shape \(3, 32, 32\)"),
+        (np.zeros((3, 32, 32)), r"image has 3 band\(s\), expected 1 \(set data\.image_size"),
+        (np.zeros((32, 32, 2)), r"image has 2 band\(s\), expected 1"),
+        (np.zeros((3, 3, 3)), r"array of shape \(3, 3, 3\); its band axis is ambiguous"),
+        (np.zeros((32, 3, 32)), r"array of shape \(32, 3, 32\); its band axis is ambiguous"),
+        (np.zeros((1, 1, 32, 32)), r"array of shape \(1, 1, 32, 32\); expected \(H, W\), "),
         (np.zeros(32), r"array of shape \(32,\)"),
         (np.zeros((30, 32)), r"image is 30x32, expected 32x32 \(set data\.image_size"),
         (np.array([["a"] * 32] * 32), "dtype <U1; lensexp reads integer or floating-point"),
@@ -480,3 +507,138 @@ def test_pixel_dtypes(tmp_path, cache_dir, dtype, accepted):
         with pytest.raises(LensexpError, match=rf"no_0001\.npy: dtype {np.dtype(dtype)}; lensexp "
                                                r"reads integer or floating-point images"):  # fmt: skip
             split_of(root, cache_dir, "train")
+
+
+# -- normalisation (both data modules) --------------------------------------------------------
+
+
+def raw_flux(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Raw-flux-like pixels (as in the Model II files): far from [0, 1]."""
+    return (50.0 + 900.0 * np.random.default_rng(seed).random(shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_normalize_none_keeps_the_files_values_and_minmax_maps_each_image_to_0_1(
+    tmp_path, cache_dir, task
+):
+    root = make_folder(task, tmp_path)
+    _, files = data_module(task, root, cache_dir).build_split("train")
+    shape = load_image(files[1]).shape
+    raw, constant = raw_flux(shape), np.full(shape, 7.0, dtype=np.float32)
+    save_image(files[1], raw)
+    save_image(files[2], constant)
+
+    plain, _ = data_module(task, root, cache_dir).build_split("train")  # the default: none
+    np.testing.assert_array_equal(plain[1][0][0].numpy(), raw)
+    np.testing.assert_array_equal(plain[2][0][0].numpy(), constant)
+
+    scaled, _ = data_module(task, root, cache_dir, normalize="minmax").build_split("train")
+    assert scaled.arrays[0] != plain.arrays[0]  # another pack: the option is in the cache key
+    image = scaled[1][0][0].numpy()
+    assert image.min() == 0.0 and image.max() == 1.0
+    np.testing.assert_allclose(image, (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-6)
+    # A constant image has no range to divide by: it is kept as it is (README, Data).
+    np.testing.assert_array_equal(scaled[2][0][0].numpy(), constant)
+    for i in range(len(scaled)):
+        for x in scaled[i][:-1] if task == "classification" else scaled[i]:
+            if i != 2:
+                assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_bad_normalize_value_is_one_line_naming_the_key_and_choices(tmp_path, cache_dir, task):
+    with pytest.raises(
+        LensexpError,
+        match=r"^data\.normalize=zscore: not a valid value; use one of minmax\|none\.$",
+    ):
+        data_module(task, tmp_path, cache_dir, normalize="zscore")
+
+
+# -- bands (Model IV: three) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["chw", "hwc"])
+def test_three_band_images_give_three_channel_batches(tmp_path, cache_dir, fmt):
+    root = make_classification_folder(tmp_path / "cls", 2, size=64, bands=3, fmt=fmt)
+    dm = module(root, cache_dir, image_size=None, batch_size=4)
+    assert dm.channels == 3 and dm.state_for_model()["in_channels"] == 3
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 64, 64)
+    assert dm.batch_transform((images, labels), train=True)[0].shape == (4, 3, 64, 64)
+    dataset, files = dm.datasets["val"], dm.files["val"]
+    for i, path in enumerate(files):
+        bands = load_bands(path, fmt)
+        assert bands.shape == (3, 64, 64) and not np.array_equal(bands[0], bands[1])
+        np.testing.assert_array_equal(dataset[i][0].numpy(), bands)
+    # A one-band image among them: one line naming it.
+    save_image(root / "val" / "no" / "no_0001.npy", np.zeros((64, 64)))
+    with pytest.raises(
+        LensexpError, match=r"val/no/no_0001\.npy: image has 1 band\(s\), expected 3"
+    ):
+        module(root, cache_dir, image_size=None).setup("fit")
+
+
+# -- the public Model I-IV layout and the simulated presets -----------------------------------
+
+
+def test_public_model_i_layout_with_its_class_names(tmp_path, cache_dir):
+    root = make_public_model_i_folder(tmp_path / "model_i", 2, size=32)
+    dm = module(root, cache_dir, classes=list(PUBLIC_CLASSES), image_size=None)
+    dm.setup("fit")
+    dataset, files = dm.datasets["train"], dm.files["train"]
+    assert [f.parent.name for f in files] == ["no_sub"] * 2 + ["cdm"] * 2 + ["axion"] * 2
+    for i, path in enumerate(files):
+        # raw[0]: the (H, W) image of an axion file's [image, mass], or the band of (1, H, W)
+        raw = np.load(path, allow_pickle=True)
+        image, label = dataset[i]
+        # normalize=none (the default): the file's raw values
+        np.testing.assert_array_equal(image[0].numpy(), np.asarray(raw[0], dtype=np.float32))
+        assert label == PUBLIC_CLASSES.index(path.parent.name)
+    scaled = module(root, cache_dir, classes=list(PUBLIC_CLASSES), image_size=None,
+                    normalize="minmax").build_split("train")[0]  # fmt: skip
+    assert all(float(scaled[i][0].min()) == 0.0 and float(scaled[i][0].max()) == 1.0
+               for i in range(len(scaled)))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_public_model_i_layout_trains_through_train_py(tmp_path):
+    root = make_public_model_i_folder(tmp_path / "model_i", 4, size=32)
+    run = tmp_path / "run"
+    # debug=fdr: one batch of each split, so one batch holds all 12 val images
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"data.root={root}", "data.classes=[no_sub,cdm,axion]",
+         "debug=fdr", "data.batch_size=12", "model=mobilenet_v3_small", "model.pretrained=none",
+         "trainer=cpu", "logger=csv", f"paths.data_dir={tmp_path / 'data'}",
+         f"hydra.run.dir={run}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(run / "best_val" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["path", "label", "prediction", "p_no_sub", "p_cdm", "p_axion"]
+    assert {row["label"] for row in rows} == set(PUBLIC_CLASSES)
+    metrics = json.loads((run / "best_val" / "metrics.json").read_text())
+    assert list(metrics["auc_per_class"]) == list(PUBLIC_CLASSES)
+
+
+@pytest.mark.parametrize("preset", ["model_ii", "model_iii"])
+def test_simulated_presets_compose_with_the_default_data_config(tmp_path, preset):
+    cfg = compose_cfg(tmp_path, [f"data.simulate.preset={preset}", "data.simulate.n_per_class=4"])
+    assert cfg.data.image_size is None  # the size of the simulated files (64 px for these)
+    assert cfg.data.root is None and cfg.data.simulate.preset == preset
+    assert cfg.data.default_root.endswith(f"sim_classification_{preset}_4")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["model_ii", "model_iii"])
+def test_simulated_64_pixel_presets_train_with_the_default_data_config(tmp_path, preset):
+    from lensexp.training import train
+
+    cfg = compose_cfg(tmp_path, [f"data.simulate.preset={preset}", "data.simulate.n_per_class=5",
+                                 "data.batch_size=4", "model=mobilenet_v3_small",
+                                 "model.pretrained=none", "trainer=cpu", "logger=csv",
+                                 "debug=fdr"])  # fmt: skip
+    train(cfg)
+    packs = sorted((tmp_path / "data" / ".cache").rglob("train-*.npy"))
+    assert len(packs) == 1 and np.load(packs[0], mmap_mode="r").shape[1:] == (1, 64, 64)

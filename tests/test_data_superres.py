@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from lensexp.data.superres import SuperResolutionDataModule
 from lensexp.errors import LensexpError
-from tests.helpers import load_image, make_superres_folder, save_image
+from tests.helpers import compose_cfg, load_bands, load_image, make_superres_folder, save_image
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "superres.yaml"
 
@@ -79,7 +79,7 @@ def test_hr_size_none_reads_sizes_from_the_files(tmp_path, cache_dir):
     dm, ds, _ = built(root, cache_dir, "all", scale=3, hr_size=None)
     lr, hr = ds[0]
     assert lr.shape == (1, 10, 10) and hr.shape == (1, 30, 30)
-    assert dm.state_for_model() == {"scale": 3}
+    assert dm.state_for_model()["scale"] == 3
 
 
 @pytest.mark.parametrize("fmt", ["hw", "float64"])
@@ -316,8 +316,12 @@ def test_config_instantiates(tmp_path, superres_root):
     assert isinstance(dm, SuperResolutionDataModule)
     assert (dm.scale, dm.hr_size, dm.flips, dm.rot90) == (2, 150, True, True)
     assert dm.val_fraction == 0.1 and not dm.simulated and dm.train_seed == 7
-    assert dm.cache_dir == tmp_path / "cache"
-    assert dm.state_for_model() == {"scale": 2}
+    assert dm.cache_dir == tmp_path / "cache" and dm.normalize == "none"
+    assert dm.state_for_model() == {
+        "scale": 2,
+        "generator": {"in_channels": 1, "out_channels": 1},
+        "discriminator": {"in_channels": 1},
+    }
 
 
 def test_default_dataset_is_simulated(tmp_path, cache_dir):
@@ -333,3 +337,44 @@ def test_default_dataset_is_simulated(tmp_path, cache_dir):
     lr, hr = next(iter(dm.val_dataloader()))
     assert lr.shape == (1, 1, 75, 75) and hr.shape == (1, 1, 150, 150)
     assert len(dm.files["train"]) == 3
+
+
+# -- bands (Model IV: three) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["chw", "hwc"])
+def test_three_band_pairs(tmp_path, cache_dir, fmt):
+    root = make_superres_folder(tmp_path / "sr", 4, lr_size=8, bands=3, fmt=fmt)
+    dm, ds, files = built(root, cache_dir, "all", hr_size=None)
+    assert dm.channels == 3
+    assert dm.state_for_model()["generator"] == {"in_channels": 3, "out_channels": 3}
+    for i, path in enumerate(files):
+        lr, hr = ds[i]
+        assert lr.shape == (3, 8, 8) and hr.shape == (3, 16, 16)
+        np.testing.assert_array_equal(lr.numpy(), load_bands(path, fmt))
+        np.testing.assert_array_equal(hr.numpy(), load_bands(root / "HR" / path.name, fmt))
+        torch.testing.assert_close(F.avg_pool2d(hr[None], 2)[0], lr)  # band by band
+    save_image(root / "LR" / "img2.npy", np.zeros((8, 8)))
+    with pytest.raises(LensexpError, match=r"LR/img2\.npy: LR image has 1 band\(s\), expected 3"):
+        module(root, cache_dir, hr_size=None).setup("fit")
+
+
+@pytest.mark.parametrize("loss", ["mse", "adversarial"])
+def test_three_band_pairs_build_a_three_band_generator(tmp_path, cache_dir, loss):
+    from lensexp.builders import build_datamodule, build_module
+
+    root = make_superres_folder(tmp_path / "sr", 4, lr_size=8, bands=3)
+    overrides = ["model=srresnet", f"loss={loss}", f"data.root={root}", "data.hr_size=null",
+                 f"paths.cache_dir={cache_dir}", "model.generator.n_blocks=1",
+                 "model.generator.channels=8"]  # fmt: skip
+    if loss == "adversarial":
+        overrides += ["model.discriminator.channels=8", "model.discriminator.hidden=16"]
+    cfg = compose_cfg(tmp_path, overrides)
+    module = build_module(cfg, build_datamodule(cfg))
+    generator = module.generator
+    assert generator.head.conv.in_channels == 3 and generator.tail.out_channels == 3
+    assert generator(torch.rand(2, 3, 8, 8)).shape == (2, 3, 16, 16)
+    if loss == "adversarial":
+        assert module.discriminator.stages[0].same.conv.in_channels == 3
+    else:
+        assert not hasattr(module, "discriminator")

@@ -1,4 +1,4 @@
-"""Reporting: metrics files, Markdown, rich table, figures and the classification report."""
+"""Reporting: metrics files, Markdown, rich table, figures, the classification and SR reports."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from lensexp.reporting.files import (
     write_json,
     write_metrics,
 )
+from lensexp.reporting.superres import write_superres_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAMES = ["no_sub", "sphere", "vort"]
@@ -82,6 +83,26 @@ def test_metrics_markdown_flattens_and_formats():
     assert "| **1** | 0 | 4 |" in metrics_markdown(metrics, "t").splitlines()
 
 
+def test_metrics_markdown_shows_intervals_beside_their_values():
+    metrics = {
+        "psnr": 31.234567,
+        "n": 12,
+        "bicubic": {"psnr": 28.5},
+        "per_class": {"a": 0.75},
+        "ci95": {"psnr": [30.5, 32.0], "per_class": {"a": [0.5, float("nan")]}, "other": [1, 2]},
+    }
+    lines = metrics_markdown(metrics, "t").splitlines()
+    assert "| psnr | 31.2346 [30.5000, 32.0000] |" in lines
+    assert "| per_class/a | 0.7500 [0.5000, nan] |" in lines
+    assert "| bicubic/psnr | 28.5000 |" in lines and "| n | 12 |" in lines
+    # An interval without a value of its name is listed on its own; the others are not.
+    assert "| ci95/other | [1, 2] |" in lines
+    assert not any(line.startswith("| ci95/psnr") for line in lines)
+    console = Console(record=True, width=120)
+    print_metrics_table(metrics, title="eval", console=console)
+    assert "31.2346 [30.5000, 32.0000]" in console.export_text()
+
+
 def test_print_metrics_table_skips_lists():
     console = Console(record=True, width=120)
     print_metrics_table(
@@ -133,6 +154,15 @@ def test_sr_comparison_figure_layout_and_psnr(tmp_path):
         sr_comparison_figure(lr, bicubic[:, :, :4], sr, hr)
 
 
+def test_sr_comparison_figure_shows_several_bands_as_their_mean():
+    hr = torch.stack([torch.full((2, 8, 8), v) for v in (0.2, 0.5, 0.8)], dim=1)  # 3 bands
+    sr = hr + torch.tensor([0.3, 0.0, -0.3]).view(1, 3, 1, 1)  # errors cancel in the band mean
+    fig = sr_comparison_figure(hr[:, :, ::2, ::2], hr, sr, hr, max_samples=1)
+    image_axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert image_axes[2].get_title() == "SR\n100.00 dB"
+    assert image_axes[3].images[0].get_array().mean() == pytest.approx(0.5)
+
+
 def test_write_metrics_files(tmp_path):
     metrics = {"psnr": 30.0, "n": 2, "bicubic": {"psnr": float("nan")}}
     json_path, md_path = write_metrics(tmp_path / "out", metrics, title="t")
@@ -165,16 +195,31 @@ def test_write_classification_report(tmp_path):
         "auc_per_class",
         "confusion_matrix",
         "n",
+        "ci95",
     }
     assert stored == summary
+    ci95 = stored["ci95"]
+    assert set(ci95) == {"accuracy", "auc_micro", "auc_macro", "auc_per_class"}
+    assert set(ci95["auc_per_class"]) == set(NAMES)
+    for name in ("accuracy", "auc_micro", "auc_macro"):
+        lo, hi = ci95[name]
+        assert 0 <= lo <= stored[name] <= hi <= 1, name
+    lo, hi = ci95["auc_per_class"]["sphere"]
+    assert 0 <= lo <= 0.75 <= hi <= 1
+    # Seeded: the same report again gives the same intervals; another seed, others.
+    again = write_classification_report(tmp_path / "again", PROBS, TARGET, FILES, NAMES)
+    assert again["ci95"] == ci95
+    other = write_classification_report(tmp_path / "other", PROBS, TARGET, FILES, NAMES, seed=1)
+    assert other["ci95"] != ci95
     assert stored["accuracy"] == 0.5 and stored["n"] == 6
     assert stored["auc_macro"] == pytest.approx(0.8125, abs=1e-6)
     assert stored["auc_per_class"]["sphere"] == pytest.approx(0.75, abs=1e-6)
     assert stored["confusion_matrix"] == [[1, 1, 0], [0, 1, 1], [1, 0, 1]]
     md = (out / "metrics.md").read_text()
-    assert "| accuracy | 0.5000 |" in md
-    assert "| auc_macro | 0.8125 |" in md
-    assert "| auc_per_class/vort | 0.8125 |" in md
+    assert f"| accuracy | 0.5000 [{ci95['accuracy'][0]:.4f}, {ci95['accuracy'][1]:.4f}] |" in md
+    assert "| auc_macro | 0.8125 [" in md
+    assert "| auc_per_class/vort | 0.8125 [" in md
+    assert "ci95" not in md
     assert "| **sphere** | 0 | 1 | 1 |" in md
     with open(out / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -195,4 +240,69 @@ def test_classification_report_absent_class_writes_null(tmp_path):
     stored = json.loads((tmp_path / "metrics.json").read_text())
     assert stored["auc_per_class"]["vort"] is None
     assert stored["auc_macro"] == pytest.approx((1.0 + 0.625) / 2)
-    assert "| auc_per_class/vort | nan |" in (tmp_path / "metrics.md").read_text()
+    # No image of vort: no interval for its AUC either.
+    assert stored["ci95"]["auc_per_class"]["vort"] == [None, None]
+    assert stored["ci95"]["auc_macro"][0] is not None
+    assert "| auc_per_class/vort | nan [nan, nan] |" in (tmp_path / "metrics.md").read_text()
+
+
+def sr_outputs(n: int = 40) -> list[dict[str, torch.Tensor]]:
+    """`predict_step`-like outputs in two batches: the model 2 dB and 0.02 SSIM above bicubic
+    on every image; images 0 and 1 with an empty arc mask; model flux ratio 1.1 or 0.9."""
+    gen = torch.Generator().manual_seed(0)
+    psnr = 30 + torch.rand(n, generator=gen, dtype=torch.float64)
+    ssim = 0.8 + 0.1 * torch.rand(n, generator=gen, dtype=torch.float64)
+    arc = torch.arange(n, dtype=torch.float64)
+    arc[:2] = math.nan
+    flux = torch.where(torch.arange(n) % 2 == 0, 1.1, 0.9).double()
+    model = {"mse": 10 ** (-psnr / 10), "psnr": psnr, "ssim": ssim}
+    model |= {"psnr_arc": arc, "ssim_arc": arc / n, "flux_ratio": flux}
+    bicubic = {"mse": 10 ** (-(psnr - 2) / 10), "psnr": psnr - 2, "ssim": ssim - 0.02}
+    bicubic |= {"psnr_arc": arc - 1, "ssim_arc": arc / n - 0.1, "flux_ratio": flux - 0.05}
+    one = model | {f"bicubic_{k}": v for k, v in bicubic.items()}
+    half = n // 2
+    return [{k: v[:half] for k, v in one.items()}, {k: v[half:] for k, v in one.items()}]
+
+
+def test_superres_report_science_metrics_and_intervals(tmp_path):
+    outputs = sr_outputs()
+    report = write_superres_report(tmp_path, outputs, [], arc_threshold=0.2)
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert stored == report
+    science = {"psnr_arc", "ssim_arc", "flux_ratio", "flux_rel_error"}
+    assert set(report) == {
+        "mse", "psnr", "ssim", "n", "bicubic", "psnr_gain", "ssim_gain", "arc_empty",
+        "arc_threshold", "ci95", *science,
+    }  # fmt: skip
+    assert set(report["bicubic"]) == {"mse", "psnr", "ssim", *science}
+    assert report["n"] == 40 and report["arc_empty"] == 2 and report["arc_threshold"] == 0.2
+    # Means skip the empty masks: images 2..39.
+    assert report["psnr_arc"] == pytest.approx(sum(range(2, 40)) / 38)
+    assert report["bicubic"]["psnr_arc"] == pytest.approx(sum(range(2, 40)) / 38 - 1)
+    assert report["flux_ratio"] == pytest.approx(1.0)
+    assert report["flux_rel_error"] == pytest.approx(0.1)
+    assert report["bicubic"]["flux_ratio"] == pytest.approx(0.95)
+    assert report["bicubic"]["flux_rel_error"] == pytest.approx(0.1)  # 0.05 and 0.15
+    assert report["psnr_gain"] == pytest.approx(2.0)
+    assert report["ssim_gain"] == pytest.approx(0.02)
+
+    ci95 = report["ci95"]
+    assert set(ci95) == {"psnr", "ssim", "psnr_gain", "ssim_gain"}
+    for name in ("psnr", "ssim"):
+        lo, hi = ci95[name]
+        assert lo < report[name] < hi
+    # The same gain on every image: paired resamples leave no spread at all.
+    assert ci95["psnr_gain"] == pytest.approx([2.0, 2.0])
+    assert ci95["ssim_gain"] == pytest.approx([0.02, 0.02])
+    md = (tmp_path / "metrics.md").read_text()
+    assert f"| psnr | {report['psnr']:.4f} [{ci95['psnr'][0]:.4f}, {ci95['psnr'][1]:.4f}] |" in md
+    assert "| arc_empty | 2 |" in md and "| bicubic/flux_ratio | 0.9500 |" in md
+
+    with open(tmp_path / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 40
+    assert list(rows[0])[:7] == [
+        "file", "mse", "psnr", "ssim", "bicubic_mse", "bicubic_psnr", "bicubic_ssim"
+    ]  # fmt: skip
+    assert rows[0]["psnr_arc"] == "nan" and rows[5]["psnr_arc"] == "5"
+    assert rows[0]["flux_ratio"] == "1.1" and rows[1]["bicubic_flux_ratio"] == "0.85"

@@ -20,7 +20,13 @@ from lensexp.losses.adversarial import GANLoss
 from lensexp.losses.perceptual import PerceptualLoss, vgg19_layers
 from lensexp.losses.pixel import PixelLoss
 from lensexp.losses.superres import SuperResolutionLoss
-from lensexp.metrics.superres import SRMetrics, bicubic_upsample, per_image_metrics
+from lensexp.metrics.superres import (
+    SRMetrics,
+    arc_mask,
+    bicubic_upsample,
+    flux_ratio,
+    per_image_metrics,
+)
 from lensexp.models.discriminator import Discriminator
 from lensexp.models.srresnet import (
     ACTIVATIONS,
@@ -448,6 +454,54 @@ def test_bicubic_upsample():
     spiky[..., 4, 4] = 1.0  # bicubic overshoots around a spike; the baseline is clamped
     up = bicubic_upsample(spiky, 4)
     assert up.min() >= 0 and up.max() <= 1
+
+
+def test_arc_psnr_is_the_mse_over_the_mask_only():
+    # An 8x8 image (SSIM's window needs 6 pixels): the arc is 4 pixels at 0.5 (above 0.1),
+    # the sky 0.05 (below).
+    hr = torch.full((1, 1, 8, 8), 0.05, dtype=torch.float64)
+    hr[0, 0, 1, 1:3] = 0.5
+    hr[0, 0, 2, 1:3] = 0.5
+    sr = hr.clone()
+    sr[0, 0, 1, 1] += 0.1  # two arc pixels off by 0.1
+    sr[0, 0, 2, 2] -= 0.1
+    sr[0, 0, 0, 0] += 0.2  # and a sky pixel, which the arc metric ignores
+    assert arc_mask(hr, 0.1).sum() == 4
+    values = per_image_metrics(sr, hr, arc_threshold=0.1)
+    # Arc MSE = (0.01 + 0.01 + 0 + 0) / 4 = 0.005; PSNR = 10 log10(1 / 0.005) = 23.0103 dB.
+    assert values["psnr_arc"].item() == pytest.approx(23.010299956639813, abs=1e-9)
+    # The whole-image PSNR counts the sky pixel: MSE (0.01 + 0.01 + 0.04) / 64.
+    assert values["psnr"].item() == pytest.approx(30.280287236002437, abs=1e-9)
+    # A higher threshold than every pixel: an empty mask, NaN.
+    empty = per_image_metrics(sr, hr, arc_threshold=0.6)
+    assert math.isnan(empty["psnr_arc"].item()) and math.isnan(empty["ssim_arc"].item())
+    assert set(per_image_metrics(sr, hr)) == {"mse", "psnr", "ssim"}  # unchanged without it
+
+
+def test_arc_ssim_averages_the_ssim_map_over_the_mask():
+    # Constant images a, b: the SSIM map is the luminance term (2ab + C1) / (a^2 + b^2 + C1)
+    # everywhere, so its mean over any mask is that value too.
+    a, b, c1 = 0.5, 0.4, 1e-4
+    sr, hr = (torch.full((1, 1, 32, 32), v, dtype=torch.float64) for v in (a, b))
+    values = per_image_metrics(sr, hr, arc_threshold=0.1)
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)
+    assert values["ssim_arc"].item() == pytest.approx(expected, rel=1e-9)
+    # A mask covering the whole image gives the image's SSIM.
+    hr = torch.rand(2, 1, 32, 32, dtype=torch.float64) * 0.8 + 0.15
+    sr = (hr + 0.05 * torch.rand_like(hr)).clamp(0, 1)
+    values = per_image_metrics(sr, hr, arc_threshold=0.1)
+    torch.testing.assert_close(values["ssim_arc"], values["ssim"])
+    torch.testing.assert_close(values["psnr_arc"], values["psnr"])
+
+
+def test_flux_ratio():
+    image = torch.rand(3, 1, 16, 16, dtype=torch.float64) * 0.5
+    torch.testing.assert_close(flux_ratio(image, image), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(flux_ratio(2 * image, image), torch.full((3,), 2.0).double())
+    # Through per_image_metrics (2 x image stays within [0, 1], so the clamp leaves it).
+    values = per_image_metrics(2 * image, image, arc_threshold=0.1)
+    torch.testing.assert_close(values["flux_ratio"], torch.full((3,), 2.0).double())
+    assert math.isnan(flux_ratio(image[:1], torch.zeros_like(image[:1])).item())
 
 
 # --- loss configs ----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from lensexp.losses.adversarial import GANLoss
 from lensexp.losses.perceptual import vgg19_layers
 from lensexp.losses.pixel import PixelLoss
 from lensexp.losses.superres import SuperResolutionLoss
-from lensexp.metrics.superres import SRMetrics, bicubic_upsample
+from lensexp.metrics.superres import SRMetrics, bicubic_upsample, per_image_metrics
 from lensexp.models.discriminator import Discriminator
 from lensexp.models.srresnet import SRResNet
 from lensexp.reporting.superres import output_names, write_superres_report
@@ -603,6 +603,9 @@ def test_predict_and_report(tmp_path: Path) -> None:
     dm.setup("predict")
     outputs = t.predict(module, datamodule=dm)
     assert [o["psnr"].shape[0] for o in outputs] == [4, 1]
+    science = ("psnr_arc", "ssim_arc", "flux_ratio")
+    for key in (*science, *(f"bicubic_{k}" for k in science)):
+        assert outputs[0][key].shape == (4,) and outputs[0][key].dtype == torch.float64, key
     assert outputs[0]["sr_samples"].shape == (3, 1, 32, 32) and "sr_samples" not in outputs[1]
     assert "sr" not in outputs[0]  # SR images of every item only when asked for
 
@@ -612,8 +615,14 @@ def test_predict_and_report(tmp_path: Path) -> None:
     assert outputs[0]["sr"].shape == (4, 1, 32, 32)
     report = module.write_report(outputs, files, tmp_path / "report")
 
-    assert set(report) == {"mse", "psnr", "ssim", "n", "bicubic"}
-    assert set(report["bicubic"]) == {"mse", "psnr", "ssim"} and report["n"] == 5
+    science = {"psnr_arc", "ssim_arc", "flux_ratio", "flux_rel_error"}
+    assert set(report) == {
+        "mse", "psnr", "ssim", "n", "bicubic", "psnr_gain", "ssim_gain", "arc_empty",
+        "arc_threshold", "ci95", *science,
+    }  # fmt: skip
+    assert set(report["bicubic"]) == {"mse", "psnr", "ssim", *science} and report["n"] == 5
+    assert report["arc_threshold"] == 0.1 and report["arc_empty"] == 0
+    assert set(report["ci95"]) == {"psnr", "ssim", "psnr_gain", "ssim_gain"}
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert saved == report
     assert (tmp_path / "report" / "comparison.png").stat().st_size > 0
@@ -636,6 +645,21 @@ def test_predict_and_report(tmp_path: Path) -> None:
     assert not (tmp_path / "again" / "sr").exists()
     with pytest.raises(ValueError, match=r"save_outputs=True\): needs"):
         write_superres_report(tmp_path / "again", outputs, files, save_outputs=True)
+
+
+def test_arc_threshold_option() -> None:
+    module = make_module(arc_threshold=0.3)
+    assert module.hparams["arc_threshold"] == 0.3
+    lr, hr = next(iter(loader()))
+    with torch.no_grad():
+        out = module.predict_step((lr, hr), 0)
+        sr = module(lr).clamp(0, 1)
+    expected = per_image_metrics(sr, hr, arc_threshold=0.3)
+    torch.testing.assert_close(out["psnr_arc"], expected["psnr_arc"])
+    torch.testing.assert_close(out["flux_ratio"], expected["flux_ratio"])
+    assert make_module("adversarial", arc_threshold=0.3).arc_threshold == 0.3
+    with pytest.raises(LensexpError, match=r"model\.arc_threshold=1\.5: must lie in \[0, 1\)"):
+        make_module(arc_threshold=1.5)
 
 
 def test_report_output_names_when_names_repeat() -> None:
@@ -670,7 +694,7 @@ def test_gan_losses_select_the_adversarial_module(loss: str) -> None:
     assert model["_target_"] == "lensexp.tasks.superres.AdversarialSRModule"
     assert model["discriminator"] == {
         "_target_": "lensexp.models.discriminator.Discriminator",
-        "in_channels": 1, "channels": 8, "n_stages": 4, "batch_norm": True, "pool_size": 4,
+        "channels": 8, "n_stages": 4, "batch_norm": True, "pool_size": 4,
         "hidden": 1024,
     }  # fmt: skip
     assert model["discriminator_warmup_steps"] == 0 and model["gradient_clip_val"] is None

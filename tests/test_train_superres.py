@@ -84,7 +84,8 @@ def test_fast_dev_run_every_loss(superres_root: Path, tmp_path: Path, loss: str)
         metrics["val/psnr"] - metrics["val/psnr_bicubic"], abs=1e-3
     )
     report = json.loads((tmp_path / "out" / "best_val" / "metrics.json").read_text())
-    assert set(report) == {"mse", "psnr", "ssim", "n", "bicubic"} and report["n"] == 2
+    assert {"mse", "psnr", "ssim", "n", "bicubic", "ci95", "psnr_arc"} <= set(report)
+    assert report["n"] == 2
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from lensexp.checks import check_choice, check_int
 from lensexp.data.cache import cache_folder
 from lensexp.data.datasets import PackedDataset
+from lensexp.data.npy import NORMALIZE
 from lensexp.errors import LensexpError
 
 SPLITS = ("train", "val", "test", "all")
@@ -65,7 +66,9 @@ class NpyDataModule(L.LightningDataModule):
     """Base for lensexp's data modules: subclasses say how a split's files become a dataset.
 
     `root=None` means the simulated default dataset at `default_root`, made by `prepare_data`
-    with the `simulate` settings when it is missing.
+    with the `simulate` settings when it is missing. `normalize`: `minmax` (each image to
+    [0, 1] on its own) or `none` (pixel values as the files hold them); see
+    `lensexp.data.npy.normalize_image`.
     """
 
     task: str = ""
@@ -83,6 +86,7 @@ class NpyDataModule(L.LightningDataModule):
         split_seed: int = 0,
         predict_split: str = "val",
         train_seed: int = 0,
+        normalize: str = "none",
     ) -> None:
         super().__init__()
         if root is None and default_root is None:
@@ -99,6 +103,7 @@ class NpyDataModule(L.LightningDataModule):
         self.train_seed = int(train_seed)
         self._seeded_epoch, self._batch_in_epoch = -1, 0
         self.predict_split = check_choice("split", predict_split, SPLITS)
+        self.normalize = check_choice("data.normalize", normalize, NORMALIZE)
         self.datasets: dict[str, PackedDataset] = {}
         self.files: dict[str, list[Path]] = {}
 
@@ -114,6 +119,11 @@ class NpyDataModule(L.LightningDataModule):
     def batch_transform(self, batch: Any, train: bool) -> Any:
         """Augment or resize a batch on its device; identity by default."""
         return batch
+
+    @property
+    def channels(self) -> int:  # pragma: no cover - overridden
+        """The number of bands of every image (read from the files, before `setup`)."""
+        raise NotImplementedError
 
     # -- shared machinery ---------------------------------------------------------------------
     @property

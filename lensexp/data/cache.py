@@ -2,8 +2,9 @@
 
 Reading thousands of small `.npy` files every epoch (and in every worker) is slow; the first
 load packs them into one `.npy` that later epochs and workers memory-map, so no worker copies
-the dataset. The cache is keyed by the files' paths, sizes and modification times, and rebuilt
-when any of them changes.
+the dataset. The pack holds the images as the model sees them (normalised per
+`data.normalize`), so the cache is keyed by the files' paths, sizes and modification times, the
+image shape and the normalisation, and rebuilt when any of them changes.
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from lensexp.data.npy import check_size, read_image
+from lensexp.data.npy import check_size, normalize_image, read_image
 from lensexp.errors import LensexpError
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(files: list[Path], size: tuple[int, int] | None) -> str:
-    """A hash of what the cache depends on: each file's path, size and mtime, and the image size."""
-    h = hashlib.sha256(repr(size).encode())
+# Bumped when the packed layout changes, so an older pack is never read as a newer one.
+PACK_FORMAT = 2  # 2: (N, C, H, W) images, normalised as packed
+
+
+def fingerprint(files: list[Path], shape: tuple[int, ...], normalize: str) -> str:
+    """A hash of what the cache depends on: each file's path, size and mtime, the image shape
+    and the normalisation."""
+    h = hashlib.sha256(repr((PACK_FORMAT, tuple(shape), normalize)).encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -35,17 +41,23 @@ def packed_array(
     files: list[Path],
     cache_dir: Path,
     name: str,
-    size: tuple[int, int] | None,
+    shape: tuple[int, int, int],
+    *,
     allow_pickle: bool = False,
+    normalize: str = "none",
+    hint: str = "",
 ) -> Path:
-    """Return the path of a (N, H, W) float32 `.npy` holding `files` in order, building it once.
+    """Return the path of a (N, C, H, W) float32 `.npy` holding `files` in order, each image
+    normalised per `normalize` (see `normalize_image`), building it once.
 
-    `size` is the expected (H, W); None takes the first file's size. Every file is checked
-    (shape, NaN/Inf, readability) while packing, so bad data fails before training starts.
+    `shape` is every image's (C, H, W). Every file is checked (shape, NaN/Inf, readability)
+    while packing, so bad data fails before training starts; `hint` ends a shape error (where
+    the expected shape came from, what to change).
     """
     if not files:
         raise LensexpError(f"no .npy files to pack for {name}.")
-    key = fingerprint(files, size)
+    shape = tuple(int(s) for s in shape)
+    key = fingerprint(files, shape, normalize)
     target = cache_dir / f"{name}-{key}.npy"
     if target.exists():
         return target
@@ -55,15 +67,13 @@ def packed_array(
         raise LensexpError(
             f"cannot create the cache folder {cache_dir} ({err}); set paths.cache_dir."
         ) from err
-    first = read_image(files[0], allow_pickle)
-    shape = tuple(size) if size is not None else first.shape
     tmp = target.with_suffix(f".tmp{os.getpid()}")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(files), *shape))
     try:
         for i, path in enumerate(files):
-            image = first if i == 0 else read_image(path, allow_pickle)
-            check_size(path, image, shape)
-            out[i] = image
+            image = read_image(path, allow_pickle)
+            check_size(path, image, shape, hint)
+            out[i] = normalize_image(image, normalize)
         out.flush()
     except BaseException:
         del out
@@ -76,7 +86,7 @@ def packed_array(
         if stale != target:
             stale.unlink(missing_ok=True)
     (cache_dir / f"{name}.json").write_text(
-        json.dumps({"files": [str(f) for f in files], "key": key}, indent=0)
+        json.dumps({"files": [str(f) for f in files], "key": key, "normalize": normalize}, indent=0)
     )
     log.info("packed %d images from %s into %s", len(files), files[0].parent.parent, target)
     return target

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from lensexp.checks import check_int
 from lensexp.data.base import NpyDataModule, seeded_split
 from lensexp.data.cache import packed_array
 from lensexp.data.datasets import PackedDataset
-from lensexp.data.npy import inside, list_npy
+from lensexp.data.npy import inside, list_npy, read_image
 from lensexp.data.transforms import ClassificationTransform
 from lensexp.errors import LensexpError
 
@@ -22,8 +23,10 @@ class LensClassificationDataModule(NpyDataModule):
     """Images of `ROOT/{train,val,test}/<class>/*.npy`; class index = position in `classes`.
 
     `classes=None` takes the sorted folder names of `train/`. Without `val/`, a seeded
-    stratified split of `train/` (`val_fraction`, `split_seed`) validates. Augmentation, centre
-    crop and resize run per batch on the training device (see `lensexp.data.transforms`).
+    stratified split of `train/` (`val_fraction`, `split_seed`) validates. Every image has the
+    bands of the first one (see `image_shape`) and is `image_size` pixels square, or, with
+    `image_size=None`, the first image's size. Augmentation, centre crop and resize run per
+    batch on the training device (see `lensexp.data.transforms`).
     """
 
     task = "classification"
@@ -31,7 +34,7 @@ class LensClassificationDataModule(NpyDataModule):
     def __init__(
         self,
         classes: list[str] | None = None,
-        image_size: int | None = 150,
+        image_size: int | None = None,
         allow_pickle: bool = False,
         augment: dict[str, Any] | None = None,
         center_crop: int | None = None,
@@ -40,17 +43,23 @@ class LensClassificationDataModule(NpyDataModule):
     ) -> None:
         super().__init__(**base)
         self.requested_classes = [str(c) for c in classes] if classes else None
-        self.image_size = (int(image_size), int(image_size)) if image_size else None
+        if image_size is not None:
+            image_size = check_int("data.image_size", image_size, 1)
+        self.image_size = image_size
         self.allow_pickle = bool(allow_pickle)
         self.transform = ClassificationTransform(
             center_crop=center_crop, resize=resize, **(augment or {})
         )
         self._classes: list[str] | None = None
+        self._shape: tuple[int, int, int] | None = None
+        self._listed: dict[Path, tuple[list[Path], np.ndarray]] = {}
+        self._first: Path | None = None
 
     def layout_help(self) -> str:
         return (
             "Expected ROOT/train/<class>/*.npy and ROOT/val/<class>/*.npy (optional test/), "
-            "one folder per class (no, sphere, vort)."
+            "one folder per class (no, sphere, vort; for the public Model I-IV folders "
+            "no_sub, cdm, axion give data.classes=[no_sub,cdm,axion])."
         )
 
     def make_default_dataset(self) -> None:
@@ -74,6 +83,13 @@ class LensClassificationDataModule(NpyDataModule):
         return self._classes
 
     def _class_files(self, split_dir: Path) -> tuple[list[Path], np.ndarray]:
+        """The images of `split_dir` and their labels, listed once per data module (the first
+        image also sets the image shape; one listing warns once about stray files)."""
+        if split_dir not in self._listed:
+            self._listed[split_dir] = self._list_class_files(split_dir)
+        return self._listed[split_dir]
+
+    def _list_class_files(self, split_dir: Path) -> tuple[list[Path], np.ndarray]:
         files, labels = [], []
         for index, name in enumerate(self.classes):
             folder = split_dir / name
@@ -120,8 +136,50 @@ class LensClassificationDataModule(NpyDataModule):
             raise LensexpError(f"{self.root}: no .npy files. {self.layout_help()}")
         return files, np.asarray([index[f.parent.name] for f in files], dtype=np.int64)
 
+    # -- image shape ----------------------------------------------------------------------------
+    def _first_file(self) -> Path:
+        """The image that sets the bands (and without `image_size` the size): the first of
+        train/, else of val/ or test/, else of the whole root."""
+        for split in ("train", "val", "test"):
+            if (self.root / split).is_dir():
+                return self._class_files(self.root / split)[0][0]
+        return self._all_files()[0][0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image: C bands as the first image has (`_first_file`), H = W =
+        `image_size`, or the first image's size when `image_size` is None. Fixed on first use,
+        so every split of one run has the same shape."""
+        if self._shape is None:
+            self._first = self._first_file()
+            c, h, w = read_image(self._first, self.allow_pickle).shape
+            size = (h, w) if self.image_size is None else (self.image_size, self.image_size)
+            self._shape = (c, *size)
+        return self._shape
+
+    @property
+    def channels(self) -> int:
+        """The number of bands of every image (1 for Model I-III, 3 for Model IV)."""
+        return self.image_shape[0]
+
+    def _shape_hint(self) -> str:
+        """The end of a wrong-shape error: where the expected shape came from."""
+        source = f"the first image, {self._first}"
+        if self.image_size is None:
+            return f"data.image_size=null: every image has the size and bands of {source}"
+        return f"set data.image_size to change the size; the bands are those of {source}"
+
     def _pack(self, name: str, files: list[Path]) -> Path:
-        return packed_array(files, self.packed_dir, name, self.image_size, self.allow_pickle)
+        shape = self.image_shape
+        return packed_array(
+            files,
+            self.packed_dir,
+            name,
+            shape,
+            allow_pickle=self.allow_pickle,
+            normalize=self.normalize,
+            hint=self._shape_hint(),
+        )
 
     def build_split(self, split: str) -> tuple[PackedDataset, list[Path]] | None:
         if not self.root.is_dir():
@@ -162,5 +220,5 @@ class LensClassificationDataModule(NpyDataModule):
         return ds.labels[ds.indices]
 
     def state_for_model(self) -> dict[str, Any]:
-        """What the model needs to know about the data: the class names."""
-        return {"class_names": self.classes}
+        """What the model needs to know about the data: the class names and the bands."""
+        return {"class_names": self.classes, "in_channels": self.channels}

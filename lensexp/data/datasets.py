@@ -11,9 +11,9 @@ from torch.utils.data import Dataset
 
 
 class PackedDataset(Dataset):
-    """Rows `indices` of one or more aligned packed arrays (N, H, W), plus optional labels.
+    """Rows `indices` of one or more aligned packed arrays (N, C, H, W), plus optional labels.
 
-    An item is `(array_0[i], array_1[i], ..., label)` with each image as a (1, H, W) tensor;
+    An item is `(array_0[i], array_1[i], ..., label)` with each image as a (C, H, W) tensor;
     several arrays give aligned pairs (LR, HR). Arrays are memory-mapped lazily in each process,
     so a DataLoader worker never receives or copies the images themselves.
     """
@@ -51,8 +51,7 @@ class PackedDataset(Dataset):
         order = np.argsort(rows, kind="stable")
         undo = np.argsort(order, kind="stable")
         blocks = [
-            torch.from_numpy(np.ascontiguousarray(m[rows[order]])[undo]).unsqueeze(1)
-            for m in self._mapped()
+            torch.from_numpy(np.ascontiguousarray(m[rows[order]])[undo]) for m in self._mapped()
         ]
         items = []
         for k in range(len(rows)):

@@ -1,5 +1,6 @@
 """Reading and checking single DeepLense `.npy` images.
 
+An image is read as a float32 (C, H, W) array: C bands (1 for Model I-III, 3 for Model IV).
 Object arrays (the Model I-IV axion files `[image, axion_mass]`) are pickles. They are read by
 an unpickler that admits only what numpy arrays, dtypes and numbers need, so a crafted file
 cannot run code, whatever `data.allow_pickle` says.
@@ -18,6 +19,8 @@ from lensexp.errors import LensexpError
 
 log = logging.getLogger(__name__)
 
+# data.normalize: per-image min-max to [0, 1], or the pixel values as the files hold them.
+NORMALIZE = ("minmax", "none")
 NPY_MAGIC = b"\x93NUMPY"
 # The globals a pickled numpy object array of arrays and numbers refers to (numpy 1.x and 2.x
 # module names), and nothing else: no callable here can run code or touch files.
@@ -89,12 +92,38 @@ def _image_of_object_array(arr: np.ndarray, path: Path, allow_pickle: bool) -> n
     )
 
 
-def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
-    """Load one image as a float32 (H, W) array, or raise a LensexpError naming the file.
+def band_axis(shape: tuple[int, ...], path: Path) -> int | None:
+    """Where the bands of an array of `shape` are: 0 ((C, H, W)), -1 ((H, W, C)), or None for
+    one band ((H, W)); raise a LensexpError naming `path` for any other shape.
 
-    Accepts (H, W) and (1, H, W) arrays of any numeric dtype, and the Model I-IV object arrays
-    `[image, axion_mass]` (read without running code; `allow_pickle` admits other object
-    arrays, taking their first array).
+    A 3-D array's band axis is the one strictly smaller than the other two, first or last:
+    (1, 150, 150) and (3, 64, 64) are (C, H, W), (64, 64, 3) is (H, W, C). Shapes where that
+    does not decide, such as (3, 3, 3) or (64, 3, 64), are refused rather than guessed.
+    """
+    if len(shape) == 2:
+        return None
+    if len(shape) == 3:
+        first, middle, last = shape
+        if first < min(middle, last):
+            return 0
+        if last < min(first, middle):
+            return -1
+        raise LensexpError(
+            f"{path}: array of shape {tuple(shape)}; its band axis is ambiguous (lensexp takes "
+            f"the axis strictly smaller than the other two, first or last). Save it as "
+            f"(C, H, W)."
+        )
+    raise LensexpError(
+        f"{path}: array of shape {tuple(shape)}; expected (H, W), (C, H, W) or (H, W, C)."
+    )
+
+
+def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
+    """Load one image as a float32 (C, H, W) array, or raise a LensexpError naming the file.
+
+    Accepts (H, W) (one band), (C, H, W) and (H, W, C) arrays (see `band_axis`) of any numeric
+    dtype, and the Model I-IV object arrays `[image, axion_mass]` (read without running code;
+    `allow_pickle` admits other object arrays, taking their first array).
     """
     try:
         with open(path, "rb") as fh:
@@ -125,10 +154,10 @@ def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
             raise LensexpError(
                 f"{path}: is an .npz archive; lensexp reads one image per .npy file."
             )
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise LensexpError(f"{path}: array of shape {arr.shape}; expected (H, W) or (1, H, W).")
+    if band_axis(arr.shape, path) == -1:
+        arr = np.moveaxis(arr, -1, 0)
+    elif arr.ndim == 2:
+        arr = arr[None]
     # Integers and floats are pixel values; a complex or boolean image is not (converting would
     # silently drop the imaginary part or turn a mask into an image).
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -143,13 +172,73 @@ def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
     return arr
 
 
-def check_size(path: Path, image: np.ndarray, expected: tuple[int, int]) -> None:
-    """Raise a LensexpError unless `image` is `expected` pixels."""
-    if tuple(image.shape) != tuple(expected):
-        raise LensexpError(
-            f"{path}: image is {image.shape[0]}x{image.shape[1]}, expected "
-            f"{expected[0]}x{expected[1]} (set data.image_size to change it)."
-        )
+def shape_mismatch(
+    path: Path, shape: tuple[int, ...], expected: tuple[int, ...], what: str = "image"
+) -> str | None:
+    """What differs between a (C, H, W) image `shape` and the `expected` one, led by `path`
+    (`what` names the image, e.g. `HR image`); None when they agree."""
+    (c, h, w), (ec, eh, ew) = shape, expected
+    if (h, w) != (eh, ew):
+        return f"{path}: {what} is {h}x{w}, expected {eh}x{ew}"
+    if c != ec:
+        return f"{path}: {what} has {c} band(s), expected {ec}"
+    return None
+
+
+def check_size(path: Path, image: np.ndarray, expected: tuple[int, ...], hint: str) -> None:
+    """Raise a LensexpError unless the (C, H, W) `image` has the `expected` shape; `hint` says
+    where the expected shape came from and what to change."""
+    problem = shape_mismatch(path, tuple(image.shape), tuple(expected))
+    if problem is not None:
+        raise LensexpError(f"{problem} ({hint}).")
+
+
+def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
+    """`image` min-max normalised to [0, 1] over all its pixels and bands (`minmax`), or as it
+    is (`none`). A constant image has no range to divide by, so it is kept as it is."""
+    if mode == "none":
+        return image
+    low, high = float(image.min()), float(image.max())
+    if high <= low:
+        return image
+    # float64 arithmetic: float32 raw fluxes can span a range where (x - low) loses digits.
+    return ((image.astype(np.float64) - low) / (high - low)).astype(np.float32)
+
+
+def npy_header_shape(path: Path) -> tuple[int, ...] | None:
+    """The array shape in a `.npy` header, or None where only loading can tell (pickles, junk).
+
+    Reading headers is cheap, so sizes are checked with a clear message before any packing.
+    """
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None
+    except (OSError, ValueError, EOFError):
+        return None  # read_image reports unreadable files, naming them, when packing
+    if dtype.hasobject:
+        return None
+    return tuple(int(s) for s in shape)
+
+
+def header_image_shape(path: Path) -> tuple[int, int, int] | None:
+    """The (C, H, W) shape `read_image` will give for `path`, from its header alone; None where
+    only loading can tell (pickles, unreadable files, shapes `read_image` refuses)."""
+    shape = npy_header_shape(path)
+    if shape is None or len(shape) not in (2, 3):
+        return None
+    try:
+        axis = band_axis(shape, path)
+    except LensexpError:
+        return None  # read_image refuses it, naming the file, when packing
+    if axis is None:
+        return (1, *shape)
+    return shape if axis == 0 else (shape[2], shape[0], shape[1])
 
 
 def inside(path: Path, root: Path) -> bool:

@@ -11,41 +11,21 @@ from lensexp.checks import check_int
 from lensexp.data.base import NpyDataModule, seeded_split
 from lensexp.data.cache import packed_array
 from lensexp.data.datasets import PackedDataset
-from lensexp.data.npy import list_npy, read_image
+from lensexp.data.npy import header_image_shape, list_npy, read_image, shape_mismatch
 from lensexp.data.transforms import random_dihedral, random_patches
 from lensexp.errors import LensexpError
 
 AUGMENT_KEYS = ("flips", "rot90")
 
 
-def npy_header_shape(path: Path) -> tuple[int, ...] | None:
-    """The array shape in a `.npy` header, or None where only loading can tell (pickles, junk).
-
-    Reading headers is cheap, so sizes are checked with a clear message before any packing.
-    """
-    try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-            else:
-                return None
-    except (OSError, ValueError, EOFError):
-        return None  # read_image reports unreadable files, naming them, when packing
-    if dtype.hasobject:
-        return None
-    return tuple(int(s) for s in shape)
-
-
 class SuperResolutionDataModule(NpyDataModule):
     """Pairs `ROOT/LR/<name>.npy` -> `ROOT/HR/<name>.npy`, matched by file name.
 
     HR images are `hr_size` pixels square (None: the first HR file's size) and LR images
-    `hr_size // scale`. Optional `ROOT/val/{HR,LR}` validates (otherwise a seeded split of the
-    root pairs, `val_fraction`, `split_seed`) and `ROOT/test/{HR,LR}` tests. Items are
-    `(lr, hr)`; training batches get the same random flip/rot90 on LR and HR on the device.
+    `hr_size // scale`; LR and HR have the bands of the first HR file (1, or 3 for Model IV).
+    Optional `ROOT/val/{HR,LR}` validates (otherwise a seeded split of the root pairs,
+    `val_fraction`, `split_seed`) and `ROOT/test/{HR,LR}` tests. Items are `(lr, hr)`; training
+    batches get the same random flip/rot90 on LR and HR on the device.
     """
 
     task = "superres"
@@ -82,7 +62,8 @@ class SuperResolutionDataModule(NpyDataModule):
             )
         self.flips = bool(augment.get("flips", True))
         self.rot90 = bool(augment.get("rot90", True))
-        self._sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._shapes: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+        self._listed: dict[Path, tuple[list[Path], list[Path]]] = {}
 
     # -- layout -------------------------------------------------------------------------------
     def layout_help(self) -> str:
@@ -97,11 +78,25 @@ class SuperResolutionDataModule(NpyDataModule):
         make_superres_dataset(self.root, **self.simulate)
 
     def state_for_model(self) -> dict[str, Any]:
-        """What the model needs to know about the data: the upscaling factor."""
-        return {"scale": self.scale}
+        """What the model needs to know about the data: the upscaling factor, and the bands
+        its networks take (a nested dict reaches the model's network of that name, when the
+        model has one; see `lensexp.builders.data_facts`)."""
+        bands = self.channels
+        return {
+            "scale": self.scale,
+            "generator": {"in_channels": bands, "out_channels": bands},
+            "discriminator": {"in_channels": bands},
+        }
 
     def pairs(self, folder: Path) -> tuple[list[Path], list[Path]]:
-        """LR and HR files of `folder` (the root, val/ or test/), paired by name, sorted."""
+        """LR and HR files of `folder` (the root, val/ or test/), paired by name, sorted; listed
+        once per data module (the root's first HR file also sets the image shapes, and one
+        listing warns once about stray files)."""
+        if folder not in self._listed:
+            self._listed[folder] = self._list_pairs(folder)
+        return self._listed[folder]
+
+    def _list_pairs(self, folder: Path) -> tuple[list[Path], list[Path]]:
         hr_dir, lr_dir = folder / "HR", folder / "LR"
         for sub in (hr_dir, lr_dir):
             if not sub.is_dir():
@@ -125,46 +120,59 @@ class SuperResolutionDataModule(NpyDataModule):
         names = sorted(hr)
         return [lr[n] for n in names], [hr[n] for n in names]
 
-    # -- sizes --------------------------------------------------------------------------------
-    def sizes(self, first_hr: Path) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Expected (LR, HR) image sizes; without `hr_size` from `first_hr`, fixed on first use."""
-        if self._sizes is None:
+    # -- shapes -------------------------------------------------------------------------------
+    def shapes(self) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """Expected (LR, HR) image shapes (C, H, W), fixed on first use: the bands of the first
+        HR file of the root pairs, and its size unless `hr_size` is set."""
+        if self._shapes is None:
+            first_hr = self.pairs(self.root)[1][0]
+            c, h, w = read_image(first_hr, self.allow_pickle).shape
             if self.hr_size is not None:
-                hr = (self.hr_size, self.hr_size)
-            else:
-                hr = tuple(read_image(first_hr, self.allow_pickle).shape)
-                if hr[0] % self.scale or hr[1] % self.scale:
-                    raise LensexpError(
-                        f"{first_hr}: HR image is {hr[0]}x{hr[1]}, not divisible by "
-                        f"data.scale={self.scale}."
-                    )
-            self._sizes = ((hr[0] // self.scale, hr[1] // self.scale), hr)
-        return self._sizes
+                h = w = self.hr_size
+            elif h % self.scale or w % self.scale:
+                raise LensexpError(
+                    f"{first_hr}: HR image is {h}x{w}, not divisible by data.scale={self.scale}."
+                )
+            self._shapes = ((c, h // self.scale, w // self.scale), (c, h, w))
+        return self._shapes
 
-    def _check_sizes(self, files: list[Path], expected: tuple[int, int], kind: str) -> None:
-        """Fail on the first file of the wrong size, naming the settings that fix it."""
-        lr, hr = self._sizes
+    @property
+    def channels(self) -> int:
+        """The number of bands of every LR and HR image (1, or 3 for Model IV)."""
+        return self.shapes()[1][0]
+
+    def _check_shapes(self, files: list[Path], expected: tuple[int, ...], kind: str) -> None:
+        """Fail on the first file of the wrong shape, naming the settings that fix it."""
+        (_, lh, lw), (c, hh, hw) = self.shapes()
         for path in files:
-            shape = npy_header_shape(path)
+            shape = header_image_shape(path)
             if shape is None:
                 continue  # pickled or unreadable: packing reads it and reports it
-            if len(shape) == 3 and shape[0] == 1:
-                shape = shape[1:]
-            if len(shape) == 2 and shape != expected:
+            problem = shape_mismatch(path, shape, expected, f"{kind} image")
+            if problem is not None:
                 raise LensexpError(
-                    f"{path}: {kind} image is {shape[0]}x{shape[1]}, expected "
-                    f"{expected[0]}x{expected[1]} (HR {hr[0]}x{hr[1]} = data.scale={self.scale} "
-                    f"x LR {lr[0]}x{lr[1]}; data.hr_size={self.hr_size}). Set data.scale and "
-                    f"data.hr_size to match your data (data.hr_size=null reads it from the files)."
+                    f"{problem} (HR {hh}x{hw} = data.scale={self.scale} x LR {lh}x{lw}, "
+                    f"data.hr_size={self.hr_size}; {c} band(s), as the first HR file). Set "
+                    f"data.scale and data.hr_size to match your data (data.hr_size=null reads it "
+                    f"from the files); LR and HR need the bands of the first HR file."
                 )
 
     def _pack(self, name: str, lr_files: list[Path], hr_files: list[Path]) -> list[Path]:
-        lr_size, hr_size = self.sizes(hr_files[0])
-        self._check_sizes(hr_files, hr_size, "HR")
-        self._check_sizes(lr_files, lr_size, "LR")
+        lr_shape, hr_shape = self.shapes()
+        self._check_shapes(hr_files, hr_shape, "HR")
+        self._check_shapes(lr_files, lr_shape, "LR")
+        hint = f"data.hr_size={self.hr_size}, data.scale={self.scale}"
         return [
-            packed_array(lr_files, self.packed_dir, f"{name}-lr", lr_size, self.allow_pickle),
-            packed_array(hr_files, self.packed_dir, f"{name}-hr", hr_size, self.allow_pickle),
+            packed_array(
+                files,
+                self.packed_dir,
+                f"{name}-{kind}",
+                shape,
+                allow_pickle=self.allow_pickle,
+                normalize=self.normalize,
+                hint=hint,
+            )
+            for files, kind, shape in ((lr_files, "lr", lr_shape), (hr_files, "hr", hr_shape))
         ]
 
     # -- splits -------------------------------------------------------------------------------

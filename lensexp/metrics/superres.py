@@ -16,11 +16,24 @@ Definition (every SR number lensexp reports, models and the bicubic baseline ali
 - Baseline: `bicubic_upsample` (torch bicubic interpolation, align_corners=False, clamped to
   [0, 1]) of the LR input, scored the same way.
 
+Science metrics (`per_image_metrics(..., arc_threshold=t)`, what `evaluate.py` reports):
+
+- Arc mask: the pixels (of every channel) where the HR image exceeds `t`, by default
+  `ARC_THRESHOLD` = 0.1 of the [0, 1] range: the lensed arcs and the lens, not the sky.
+- `psnr_arc`: PSNR of the MSE over the mask's pixels only (same floor and peak as above).
+- `ssim_arc`: the mean of the SSIM map above (the same window, so its values near the arc still
+  see the surrounding sky) over the mask's pixels.
+- An image whose mask is empty has NaN for both; means over images skip NaN.
+- `flux_ratio`: total SR flux / total HR flux of the image (sums of pixel values, SR clamped as
+  above); 1 is flux conserved. NaN for an HR image whose total is 0.
+
 `SRMetrics` accumulates per-image sums and counts as torchmetrics states reduced by summation, so
 the mean is exact over all images and across devices.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +43,8 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 MSE_FLOOR = 1e-10  # PSNR cap: 10 log10(1 / 1e-10) = 100 dB
 METRICS = ("mse", "psnr", "ssim")
+SCIENCE_METRICS = ("psnr_arc", "ssim_arc", "flux_ratio")
+ARC_THRESHOLD = 0.1  # arc mask: HR pixels above this fraction of the [0, 1] range
 
 
 def bicubic_upsample(lr: Tensor, scale: int) -> Tensor:
@@ -38,8 +53,11 @@ def bicubic_upsample(lr: Tensor, scale: int) -> Tensor:
     return up.clamp(0.0, 1.0)
 
 
-def per_image_metrics(sr: Tensor, hr: Tensor) -> dict[str, Tensor]:
-    """MSE, PSNR and SSIM of each image in (N, C, H, W) batches, by the module's definition."""
+def per_image_metrics(
+    sr: Tensor, hr: Tensor, *, arc_threshold: float | None = None
+) -> dict[str, Tensor]:
+    """MSE, PSNR and SSIM of each image in (N, C, H, W) batches, by the module's definition; with
+    `arc_threshold`, also `psnr_arc`, `ssim_arc` and `flux_ratio` (see the module docstring)."""
     if sr.shape != hr.shape or sr.ndim != 4:
         raise ValueError(
             f"SR metrics need equal (N, C, H, W) shapes, got {tuple(sr.shape)} and {tuple(hr.shape)}"
@@ -48,9 +66,9 @@ def per_image_metrics(sr: Tensor, hr: Tensor) -> dict[str, Tensor]:
     dtype = torch.float32 if sr.device.type == "mps" else torch.float64
     sr = sr.detach().to(dtype).clamp(0.0, 1.0)
     hr = hr.detach().to(dtype)
-    mse = (sr - hr).pow(2).mean(dim=(1, 2, 3))
-    psnr = 10.0 * torch.log10(1.0 / mse.clamp_min(MSE_FLOOR))
-    ssim = structural_similarity_index_measure(
+    squared_error = (sr - hr).pow(2)
+    mse = squared_error.mean(dim=(1, 2, 3))
+    ssim, ssim_map = structural_similarity_index_measure(
         sr,
         hr,
         gaussian_kernel=True,
@@ -60,8 +78,40 @@ def per_image_metrics(sr: Tensor, hr: Tensor) -> dict[str, Tensor]:
         k1=0.01,
         k2=0.03,
         reduction="none",
+        return_full_image=True,
     )
-    return {"mse": mse, "psnr": psnr, "ssim": ssim}
+    values = {"mse": mse, "psnr": _psnr(mse), "ssim": ssim}
+    if arc_threshold is not None:
+        mask = arc_mask(hr, arc_threshold)
+        values["psnr_arc"] = _psnr(masked_mean(squared_error, mask))
+        values["ssim_arc"] = masked_mean(ssim_map, mask)
+        values["flux_ratio"] = flux_ratio(sr, hr)
+    return values
+
+
+def _psnr(mse: Tensor) -> Tensor:
+    """PSNR in dB with peak 1 of per-image MSEs, floored at MSE_FLOOR (NaN stays NaN)."""
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(MSE_FLOOR))
+
+
+def arc_mask(hr: Tensor, threshold: float = ARC_THRESHOLD) -> Tensor:
+    """Boolean (N, C, H, W) mask of the HR pixels above `threshold` (the arcs, not the sky)."""
+    return hr > threshold
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Per-image mean of (N, C, H, W) `values` over the pixels of `mask`: (N,), NaN for an image
+    with an empty mask."""
+    count = mask.sum(dim=(1, 2, 3))
+    total = (values * mask).sum(dim=(1, 2, 3))
+    return torch.where(count > 0, total / count.clamp_min(1), math.nan)
+
+
+def flux_ratio(sr: Tensor, hr: Tensor) -> Tensor:
+    """Total SR flux over total HR flux of each (N, C, H, W) image: (N,), NaN where the HR
+    total is 0. Pass the SR image as scored (clamped to [0, 1])."""
+    hr_total = hr.sum(dim=(1, 2, 3))
+    return torch.where(hr_total != 0, sr.sum(dim=(1, 2, 3)) / hr_total, math.nan)
 
 
 class SRMetrics(Metric):

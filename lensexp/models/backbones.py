@@ -1,12 +1,12 @@
-"""torchvision classification backbones for single-channel lensing images.
+"""torchvision classification backbones for lensing images of one band (or three).
 
 `ImageClassifier` builds a torchvision network without weights, fills it through
 `lensexp.models.weights.load_pretrained` (ImageNet weights, a local state dict, or none), then
-replaces the final linear layer by a fresh `num_classes`-way one. Single-channel images reach the
-3-channel network in one of two ways (`input_adapter`):
+replaces the final linear layer by a fresh `num_classes`-way one. Images reach the 3-channel
+network in one of two ways (`input_adapter`):
 
-- `repeat`: the channel is repeated to RGB and normalised per channel with the `mean`/`std`
-  buffers; the network is unchanged.
+- `repeat`: a single channel is repeated to RGB (three bands pass as they are, one per RGB
+  channel) and normalised per channel with the `mean`/`std` buffers; the network is unchanged.
 - `first_conv`: the first conv is replaced by one with `in_channels` inputs whose weights fold in
   the channel repetition and the normalisation, so at initialisation it computes exactly what
   `repeat` computes (see `FoldedInputConv`).

@@ -1,11 +1,13 @@
 """The classification report `evaluate.py` writes: metrics, confusion matrix, ROC, predictions.
 
-Every number follows `lensexp.metrics.classification` (the same code the training logs use).
+Every number follows `lensexp.metrics.classification` (the same code the training logs use); the
+95% confidence intervals are percentile bootstraps over images (`lensexp.metrics.bootstrap`).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from lensexp.metrics.bootstrap import (
+    N_RESAMPLES,
+    SEED,
+    bootstrap_ci,
+    resampled_auc,
+    resampled_mean,
+)
 from lensexp.metrics.classification import classification_summary
 from lensexp.reporting.figures import confusion_matrix_figure, roc_figure, save_figure
 from lensexp.reporting.files import write_metrics
@@ -58,15 +67,67 @@ def write_predictions_csv(
     return path
 
 
+def classification_intervals(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    class_names: Sequence[str],
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> dict[str, Any]:
+    """95% percentile-bootstrap intervals over images of the summary's metrics:
+    `{"accuracy", "auc_micro", "auc_macro": [lo, hi], "auc_per_class": {name: [lo, hi]}}`.
+
+    A resample without an image of some class (or with only that class) leaves that class' AUC
+    undefined and is skipped for it; for the macro AUC it is skipped when any class whose AUC
+    is defined on all images is undefined in it, so every kept value averages the same classes.
+    """
+    n, n_classes = probs.shape
+    probs = probs.double()
+    correct = (probs.argmax(dim=1) == target).double()
+    one_hot = torch.nn.functional.one_hot(target, n_classes).bool()
+    counts = one_hot.sum(dim=0)
+    defined = [k for k in range(n_classes) if 0 < counts[k] < n]
+
+    # Each image's (image, class) pairs of the micro AUC are drawn together, with the image.
+    pair_images = torch.arange(n).repeat_interleave(n_classes)
+    aucs = {
+        "auc_micro": resampled_auc(probs.reshape(-1), one_hot.reshape(-1), pair_images),
+        **{f"auc_{k}": resampled_auc(probs[:, k], one_hot[:, k]) for k in range(n_classes)},
+    }
+
+    def statistic(weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = {name: auc(weights) for name, auc in aucs.items()}
+        values["accuracy"] = resampled_mean(correct, weights)
+        # NaN (skipped) as soon as one of the classes averaged is undefined.
+        values["auc_macro"] = (
+            torch.stack([values[f"auc_{k}"] for k in defined]).mean(dim=0)
+            if defined
+            else torch.full((len(weights),), math.nan, dtype=torch.float64)
+        )
+        return values
+
+    found = bootstrap_ci(statistic, n, n_resamples=n_resamples, seed=seed)
+    intervals: dict[str, Any] = {k: found[k] for k in ("accuracy", "auc_micro", "auc_macro")}
+    intervals["auc_per_class"] = {
+        str(name): found[f"auc_{k}"] for k, name in enumerate(class_names)
+    }
+    return intervals
+
+
 def write_classification_report(
     out_dir: Path | str,
     probs: Any,
     target: Any,
     files: Sequence[Path | str],
     class_names: Sequence[str],
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
 ) -> dict[str, Any]:
     """Write `metrics.json`, `metrics.md`, `confusion_matrix.png`, `roc_curve.png` and
-    `predictions.csv` into `out_dir`; returns the `classification_summary` dict.
+    `predictions.csv` into `out_dir`; returns the `classification_summary` dict with `ci95`,
+    its `classification_intervals` (`n_resamples` bootstrap resamples drawn from `seed`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +137,9 @@ def write_classification_report(
         raise ValueError("write_classification_report: no predictions (empty split?)")
     names = [str(c) for c in class_names]
     summary = classification_summary(probs, target, names)
+    summary["ci95"] = classification_intervals(
+        probs, target, names, n_resamples=n_resamples, seed=seed
+    )
     write_metrics(
         out_dir,
         summary,

@@ -94,13 +94,14 @@ def roc_figure(probs: Any, target: Any, class_names: Sequence[str], title: str =
 
 
 def _images(x: Any, name: str) -> np.ndarray:
-    """(N, H, W) float64 from (N, 1, H, W) or (N, H, W)."""
+    """(N, H, W) float64 from (N, C, H, W) (the mean of the bands, e.g. Model IV's three) or
+    (N, H, W)."""
     array = _numpy(x)
-    if array.ndim == 4 and array.shape[1] == 1:
-        array = array[:, 0]
+    if array.ndim == 4:
+        array = array.mean(axis=1)
     if array.ndim != 3:
         raise ValueError(
-            f"sr_comparison_figure: {name} must be (N, 1, H, W) or (N, H, W), got {array.shape}"
+            f"sr_comparison_figure: {name} must be (N, C, H, W) or (N, H, W), got {array.shape}"
         )
     return array
 
@@ -116,8 +117,9 @@ def sr_comparison_figure(
 ) -> Figure:
     """One row per sample: LR | bicubic | SR | HR | |SR - HR|, PSNR vs HR in the titles.
 
-    Inputs are tensors or arrays, (N, 1, H, W) or (N, H, W); images are shown on [0, 1], the
-    error column on a common scale with its own colour bar.
+    Inputs are tensors or arrays, (N, C, H, W) or (N, H, W); several bands are shown (and their
+    title PSNR computed) as their mean. Images are shown on [0, 1], the error column on a common
+    scale with its own colour bar.
     """
     lr, bicubic, sr, hr = (
         _images(x, name) for x, name in ((lr, "lr"), (bicubic, "bicubic"), (sr, "sr"), (hr, "hr"))

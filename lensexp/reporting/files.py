@@ -16,6 +16,8 @@ from rich.table import Table
 
 from lensexp.checks import flatten
 
+CI_KEY = "ci95"  # where the reports keep the bootstrap intervals of their metrics
+
 
 def _plain(obj: Any) -> Any:
     """`obj` as JSON types: tensors/arrays to lists or numbers, NaN and +-inf to None."""
@@ -78,24 +80,49 @@ def _is_matrix(value: Any) -> bool:
     return isinstance(value, list | tuple) and bool(value) and isinstance(value[0], list | tuple)
 
 
+def _rows(metrics: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    """(flattened name, value, text) of every entry; a scalar with an interval under `ci95`
+    (same key path) reads `value [lo, hi]`, and the `ci95` entries are not listed themselves."""
+    intervals = metrics.get(CI_KEY)
+    intervals = flatten(intervals, "/") if isinstance(intervals, Mapping) else {}
+    rest = {k: v for k, v in metrics.items() if not (k == CI_KEY and intervals)}
+    rows = []
+    for name, value in flatten(rest, "/").items():
+        if isinstance(value, list | tuple):
+            text = ", ".join(_format(v) for v in value)
+        else:
+            text = _format(value)
+            if name in intervals:
+                text += " " + _interval(intervals.pop(name))
+        rows.append((name, value, text))
+    # An interval without its point estimate (lensexp writes none) still shows, on its own.
+    for name, interval in intervals.items():
+        rows.append((f"{CI_KEY}/{name}", interval, _interval(interval)))
+    return rows
+
+
+def _interval(values: Any) -> str:
+    return "[" + ", ".join(_format(v) for v in values) + "]"
+
+
 def metrics_markdown(
     metrics: Mapping[str, Any], title: str, class_names: Sequence[str] | None = None
 ) -> str:
     """A Markdown report: `| metric | value |` for the scalars, then a table per matrix.
 
     Nested dicts are flattened to `parent/child` keys; floats have 4 decimals (values below 1e-3
-    in scientific notation instead). A list of lists (the confusion matrix) gets its own table,
-    rows labelled by `class_names` when given (true class), else by index.
+    in scientific notation instead). Confidence intervals under the `ci95` key, a tree of
+    `[lo, hi]` with the key paths of their metrics, are shown beside them: `value [lo, hi]`.
+    A list of lists (the confusion matrix) gets its own table, rows labelled by `class_names`
+    when given (true class), else by index.
     """
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     matrices: list[tuple[str, Any]] = []
-    for name, value in flatten(metrics, "/").items():
+    for name, value, text in _rows(metrics):
         if _is_matrix(value):
             matrices.append((name, value))
-        elif isinstance(value, list | tuple):
-            lines.append(f"| {_cell(name)} | {_cell(', '.join(_format(v) for v in value))} |")
         else:
-            lines.append(f"| {_cell(name)} | {_cell(_format(value))} |")
+            lines.append(f"| {_cell(name)} | {_cell(text)} |")
     for name, matrix in matrices:
         n_cols = len(matrix[0])
         labels = [str(c) for c in class_names] if class_names else []
@@ -131,12 +158,13 @@ def write_metrics(
 def print_metrics_table(
     metrics: Mapping[str, Any], title: str, console: Console | None = None
 ) -> None:
-    """Print the flattened scalar metrics (lists such as the confusion matrix left out)."""
+    """Print the flattened scalar metrics, with their `ci95` intervals as in `metrics_markdown`
+    (lists such as the confusion matrix left out)."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in flatten(metrics, "/").items():
+    for name, value, text in _rows(metrics):
         if isinstance(value, list | tuple):
             continue
-        table.add_row(name, _format(value))
+        table.add_row(name, text)
     (console or Console()).print(table)

@@ -1,7 +1,8 @@
 """The super-resolution report `evaluate.py` writes: metrics, a comparison figure, SR images.
 
 Input is the list of `SuperResolutionModule.predict_step` outputs; every number follows
-`lensexp.metrics.superres` (SR clamped to [0, 1], per-image values averaged over images).
+`lensexp.metrics.superres` (SR clamped to [0, 1], per-image values averaged over images); the
+95% confidence intervals are percentile bootstraps over images (`lensexp.metrics.bootstrap`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lensexp.metrics.superres import METRICS, bicubic_upsample
+from lensexp.metrics.bootstrap import N_RESAMPLES, SEED, bootstrap_ci, resampled_mean
+from lensexp.metrics.superres import ARC_THRESHOLD, METRICS, SCIENCE_METRICS, bicubic_upsample
 from lensexp.reporting.figures import save_figure, sr_comparison_figure
 from lensexp.reporting.files import write_metrics
 
@@ -43,18 +45,27 @@ def write_superres_report(
     outputs: list[dict[str, Any]],
     files: Sequence[Path],
     save_outputs: bool = False,
+    *,
+    arc_threshold: float = ARC_THRESHOLD,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
 ) -> dict[str, Any]:
     """Write `metrics.json`, `metrics.md`, `per_image.csv`, `comparison.png` (and with
     `save_outputs` the SR images as `sr/<input name>.npy`, (C, H, W) float32) into `out_dir`.
 
-    Returns `{"mse", "psnr", "ssim", "n", "bicubic": {"mse", "psnr", "ssim"}}`: means of the
-    per-image values of the model and of the bicubic baseline.
+    Returns the means over images of the model's per-image values, `{"mse", "psnr", "ssim",
+    "n", "bicubic": {...}}` with the bicubic baseline's under `bicubic`, and besides:
+    `psnr_gain`, `ssim_gain` (model minus bicubic); the science metrics `psnr_arc`, `ssim_arc`
+    (means skipping the `arc_empty` images whose arc mask is empty), `flux_ratio` and
+    `flux_rel_error` (mean |flux_ratio - 1|), for bicubic too; `arc_threshold`, the threshold
+    `predict_step` used (recorded here, not applied); and `ci95`, `superres_intervals`.
     """
     out_dir = Path(out_dir)
     if not outputs:
         raise ValueError("write_superres_report: no predictions (empty split?)")
-    values = {k: _cat(outputs, k) for k in METRICS}
-    baseline = {k: _cat(outputs, f"bicubic_{k}") for k in METRICS}
+    names_all = (*METRICS, *SCIENCE_METRICS)
+    values = {k: _cat(outputs, k) for k in names_all}
+    baseline = {k: _cat(outputs, f"bicubic_{k}") for k in names_all}
     n = int(values["psnr"].numel())
     files = [Path(f) for f in files]
     if files and len(files) != n:
@@ -67,9 +78,15 @@ def write_superres_report(
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {k: float(values[k].double().mean()) for k in METRICS}
+    metrics: dict[str, Any] = _means(values)
     metrics["n"] = n
-    metrics["bicubic"] = {k: float(baseline[k].double().mean()) for k in METRICS}
+    metrics["bicubic"] = _means(baseline)
+    for name in ("psnr", "ssim"):
+        metrics[f"{name}_gain"] = metrics[name] - metrics["bicubic"][name]
+    # The mask depends on the HR image only: the same images are empty for both.
+    metrics["arc_empty"] = int(values["psnr_arc"].isnan().sum())
+    metrics["arc_threshold"] = float(arc_threshold)
+    metrics["ci95"] = superres_intervals(values, baseline, n_resamples=n_resamples, seed=seed)
     write_metrics(
         out_dir, metrics, title=f"Super-resolution, {n} image(s): model and bicubic baseline"
     )
@@ -81,17 +98,53 @@ def write_superres_report(
     return metrics
 
 
+def _means(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Means over images of the per-image metrics; the science metrics skip NaN (an empty arc
+    mask, a zero-flux HR image), and `flux_rel_error` is the mean |flux_ratio - 1|."""
+    means = {k: float(values[k].double().mean()) for k in METRICS}
+    means |= {k: float(values[k].double().nanmean()) for k in SCIENCE_METRICS}
+    means["flux_rel_error"] = float((values["flux_ratio"].double() - 1.0).abs().nanmean())
+    return means
+
+
+def superres_intervals(
+    values: dict[str, torch.Tensor],
+    baseline: dict[str, torch.Tensor],
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> dict[str, list[float]]:
+    """95% percentile-bootstrap intervals over images of the model's mean PSNR and SSIM and of
+    their gains over bicubic: `{"psnr", "ssim", "psnr_gain", "ssim_gain": [lo, hi]}`. The gains
+    are paired: each resample's mean(model) - mean(bicubic) over the same images."""
+    n = int(values["psnr"].numel())
+
+    def statistic(weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        found = {}
+        for name in ("psnr", "ssim"):
+            model = values[name].double()
+            found[name] = resampled_mean(model, weights)
+            found[f"{name}_gain"] = resampled_mean(model - baseline[name].double(), weights)
+        return found
+
+    return bootstrap_ci(statistic, n, n_resamples=n_resamples, seed=seed)
+
+
 def _write_per_image_csv(
     path: Path,
     names: list[str],
     values: dict[str, torch.Tensor],
     baseline: dict[str, torch.Tensor],
 ) -> None:
-    """One row per image: its name, the model's metrics, then the bicubic baseline's."""
+    """One row per image: its name, the model's metrics, the bicubic baseline's, then the
+    science metrics of both (appended, so the first columns stay where they were)."""
+    order = [(values, k, k) for k in METRICS] + [(baseline, k, f"bicubic_{k}") for k in METRICS]
+    order += [(values, k, k) for k in SCIENCE_METRICS]
+    order += [(baseline, k, f"bicubic_{k}") for k in SCIENCE_METRICS]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["file", *METRICS, *(f"bicubic_{k}" for k in METRICS)])
-        columns = [values[k].tolist() for k in METRICS] + [baseline[k].tolist() for k in METRICS]
+        writer.writerow(["file", *(header for _, _, header in order)])
+        columns = [source[k].tolist() for source, k, _ in order]
         for name, *row in zip(names, *columns, strict=True):
             writer.writerow([name, *(f"{v:.6g}" for v in row)])
 

@@ -28,7 +28,8 @@ class ClassifierModule(TaskModule):
     Logs `train/loss`, `train/acc`, `val/loss`, `val/acc`, `val/auc_micro`, `val/auc_macro`,
     `val/auc_<class>` and best-so-far `val/<metric>_best`; with TensorBoard, also the confusion
     matrix and ROC curves of each validation epoch. `predict_step` returns probabilities and
-    labels, which `write_report` turns into the evaluation report.
+    labels, which `write_report` turns into the evaluation report. `class_names` and
+    `in_channels` (the images' bands) come from the data module (`state_for_model`).
     """
 
     task = "classification"
@@ -39,6 +40,7 @@ class ClassifierModule(TaskModule):
         optimizer: OptimizerFactory,
         class_names: Sequence[str],
         scheduler: dict[str, Any] | None = None,
+        in_channels: int = 1,
         backbone: str = "mobilenet_v3_large",
         pretrained: str | None = "auto",
         input_adapter: str = "repeat",
@@ -56,7 +58,7 @@ class ClassifierModule(TaskModule):
         self.net = ImageClassifier(
             backbone=backbone,
             num_classes=len(self.class_names),
-            in_channels=1,
+            in_channels=in_channels,
             input_adapter=input_adapter,
             pretrained=pretrained,
             normalize=normalize,
@@ -75,7 +77,7 @@ class ClassifierModule(TaskModule):
             tracker.persistent(True)  # in checkpoints: a resumed run keeps its best-so-far
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits (N, n_classes) of images (N, 1, H, W)."""
+        """Logits (N, n_classes) of images (N, in_channels, H, W)."""
         return self.net(x)
 
     # -- training -------------------------------------------------------------------------

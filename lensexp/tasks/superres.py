@@ -26,7 +26,13 @@ from torchvision.utils import make_grid
 
 from lensexp.checks import check_choice, check_int
 from lensexp.errors import LensexpError
-from lensexp.metrics.superres import METRICS, SRMetrics, bicubic_upsample, per_image_metrics
+from lensexp.metrics.superres import (
+    ARC_THRESHOLD,
+    METRICS,
+    SRMetrics,
+    bicubic_upsample,
+    per_image_metrics,
+)
 from lensexp.models.srresnet import load_generator_weights
 from lensexp.tasks.base import OptimizerFactory, TaskModule
 
@@ -85,7 +91,9 @@ class SuperResolutionModule(TaskModule):
     `pretrained`: None/`none` (random init) or a generator state-dict file (see
     `load_generator_weights`). `ema_decay` (e.g. 0.999): keep an exponential moving average of
     the generator (see `exponential_moving_average`), stored in checkpoints as
-    `generator_ema.*`; validation, prediction and `forward` then use it.
+    `generator_ema.*`; validation, prediction and `forward` then use it. `arc_threshold`: the
+    HR level above which a pixel belongs to the arc mask of the evaluation report's `psnr_arc`
+    and `ssim_arc` (see `lensexp.metrics.superres`; a fraction of the [0, 1] range).
     """
 
     task = "superres"
@@ -102,14 +110,21 @@ class SuperResolutionModule(TaskModule):
         pretrained: str | None = None,
         ema_decay: float | None = None,
         n_samples: int = 8,
+        arc_threshold: float = ARC_THRESHOLD,
     ) -> None:
         super().__init__(optimizer, scheduler)
         check_arguments(self.task, generator, loss, scale, ema_decay, n_samples)
+        if not 0.0 <= float(arc_threshold) < 1.0:
+            raise LensexpError(
+                f"model.arc_threshold={arc_threshold}: must lie in [0, 1) (a fraction of the "
+                f"images' [0, 1] range, e.g. 0.1)."
+            )
         self.check_loss(loss)
         # Every constructor's arguments, a subclass's too (Lightning reads the call frames).
         self.save_hyperparameters(ignore=list(self.not_hyperparameters))
         self.scale = int(scale)
         self.n_samples = int(n_samples)
+        self.arc_threshold = float(arc_threshold)
 
         self.generator = generator
         self.pretrained_loaded = load_generator_weights(
@@ -260,14 +275,19 @@ class SuperResolutionModule(TaskModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Per-image metrics of SR and bicubic vs HR, and images, as CPU tensors.
 
-        Keys: `mse`, `psnr`, `ssim` and `bicubic_mse|psnr|ssim` (N,) float64; `lr_samples`,
-        `sr_samples`, `hr_samples` for the items among the first `n_samples` overall; `sr`
-        (N, C, H, W) float32 clamped to [0, 1] only when `keep_outputs` is set.
+        Keys: `mse`, `psnr`, `ssim`, the science metrics `psnr_arc`, `ssim_arc`, `flux_ratio`
+        (arc mask: HR above `arc_threshold`) and the same for bicubic as `bicubic_<metric>`, all
+        (N,) float64; `lr_samples`, `sr_samples`, `hr_samples` for the items among the first
+        `n_samples` overall; `sr` (N, C, H, W) float32 clamped to [0, 1] only when
+        `keep_outputs` is set.
         """
         lr, hr = batch
         sr = self(lr).float().clamp(0.0, 1.0)
-        out = {k: v.cpu() for k, v in per_image_metrics(sr, hr).items()}
-        baseline = per_image_metrics(bicubic_upsample(lr, self.scale), hr)
+        scores = per_image_metrics(sr, hr, arc_threshold=self.arc_threshold)
+        out = {k: v.cpu() for k, v in scores.items()}
+        baseline = per_image_metrics(
+            bicubic_upsample(lr, self.scale), hr, arc_threshold=self.arc_threshold
+        )
         out |= {f"bicubic_{k}": v.cpu() for k, v in baseline.items()}
         k = max(0, min(lr.shape[0], self.n_samples - self._n_predicted))
         if k:
@@ -288,7 +308,13 @@ class SuperResolutionModule(TaskModule):
 
         # A limited run (debug=fdr, limit_val_batches) predicts only the first batches.
         files = list(files)[: sum(len(o["psnr"]) for o in outputs)]
-        return write_superres_report(out_dir, outputs, files, save_outputs=self.keep_outputs)
+        return write_superres_report(
+            out_dir,
+            outputs,
+            files,
+            save_outputs=self.keep_outputs,
+            arc_threshold=self.arc_threshold,
+        )
 
 
 class AdversarialSRModule(SuperResolutionModule):
@@ -334,9 +360,18 @@ class AdversarialSRModule(SuperResolutionModule):
         discriminator_warmup_steps: int = 0,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
+        arc_threshold: float = ARC_THRESHOLD,
     ) -> None:
         super().__init__(
-            generator, loss, optimizer, scale, scheduler, pretrained, ema_decay, n_samples
+            generator,
+            loss,
+            optimizer,
+            scale,
+            scheduler,
+            pretrained,
+            ema_decay,
+            n_samples,
+            arc_threshold,
         )
         check_int("model.discriminator_warmup_steps", discriminator_warmup_steps, 0)
         if discriminator_warmup_steps and not loss.has_content_term:
