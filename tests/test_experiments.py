@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tests.helpers import CONF, compose_cfg
@@ -125,3 +126,15 @@ def test_reference_classifier_is_the_notebook(tmp_path: Path) -> None:
     assert (cfg["data.augment.random_center_crop"], cfg["data.augment.random_center_crop_p"]) == (
         100, 0.4)  # fmt: skip
     assert cfg["data.augment.rotation_degrees"] == 90 and cfg["data.augment.flips"] is True
+
+
+def test_plateau_trail_lowers_the_lr_after_one_epoch_without_improvement(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(tmp_path, ["experiment=trail_plateau"])
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    scheduler = instantiate(cfg.scheduler.scheduler)(optimizer)
+    scheduler.step(1.0)  # the first epoch sets the best validation loss
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    scheduler.step(1.1)  # one epoch without improvement
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
