@@ -1,4 +1,5 @@
-"""Evaluate a trained model: `python evaluate.py ckpt_path=CKPT [data.root=DIR] [split=all]`."""
+"""Evaluate a trained model: `python evaluate.py ckpt_path=CKPT [data.root=DIR] [split=val|all]`
+(the test split by default)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def _cpu_name() -> str:
 def throughput(cls: str, n: int, processes: int, preset: str) -> float:
     """Images/s for `n` images of class `cls`, pool start-up and file writing included."""
     cfg = load_preset(preset)
-    items = [it for it in classification_plan(n, 0.2) if it.cls == cls]
+    items = [it for it in classification_plan(n, 0.2, 0.2) if it.cls == cls]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for folder in {Path(it.files[0]).parent for it in items}:

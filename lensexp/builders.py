@@ -223,6 +223,22 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
+def fill_pre_test_split_defaults(data: DictConfig) -> bool:
+    """Give a data config stored before lensexp held out test splits the splits its model
+    trained with: no seeded test split (`test_fraction` 0) and, for the simulated classification
+    set, no test/ folder. A resumed run then keeps its training images and its folder, and no
+    seeded test split holds images the model trained on. True if anything was filled in."""
+    filled = "test_fraction" not in data
+    if filled:
+        data.test_fraction = 0.0
+    simulate = data.get("simulate")
+    # Only the classification simulator splits (its settings carry val_fraction).
+    if simulate is not None and "val_fraction" in simulate and "test_fraction" not in simulate:
+        simulate.test_fraction = 0.0
+        filled = True
+    return filled
+
+
 def _command_line() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
@@ -248,6 +264,12 @@ def config_from_checkpoint(
         )
     keys = STORED_KEYS + (("trainer", "seed") if resume else ())
     run = OmegaConf.create({k: stored[k] for k in keys if k in stored})
+    if "data" in run and fill_pre_test_split_defaults(run.data):
+        log.warning(
+            "ckpt_path=%s: trained before lensexp held out a test split, on all of its "
+            "training images; data.test_fraction=0 (its test split: a test/ folder only)",
+            path,
+        )
     for key in cfg:
         if key not in keys:
             run[key] = cfg[key]

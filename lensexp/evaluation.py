@@ -14,8 +14,10 @@ from lensexp.builders import (
     build_report_trainer,
     check_compatible,
     config_from_checkpoint,
+    fill_pre_test_split_defaults,
     read_checkpoint,
 )
+from lensexp.callbacks import CONFIG_KEY
 from lensexp.errors import LensexpError
 from lensexp.models.weights import KEYWORDS
 from lensexp.reporting.files import print_metrics_table
@@ -51,6 +53,35 @@ def load_weights(module: L.LightningModule, checkpoint: dict[str, Any], path: st
         ) from err
 
 
+SPLIT_KEYS = ("split_seed", "val_fraction", "test_fraction")
+
+
+def check_held_out(
+    checkpoint: dict[str, Any], run: DictConfig, datamodule: L.LightningDataModule, path: str
+) -> None:
+    """Refuse a seeded test split of the checkpoint's own training data drawn with other
+    settings than it trained with: that split would hold images the model trained on."""
+    if "test" not in datamodule.carved_splits():
+        return  # a test/ folder: the same images whatever the settings
+    trained = OmegaConf.create(checkpoint[CONFIG_KEY]["data"])
+    fill_pre_test_split_defaults(trained)
+    trained_root = Path(trained.get("root") or trained.get("default_root") or "").expanduser()
+    if trained_root.resolve() != datamodule.root.resolve():
+        return  # other data: none of it was trained on
+    changed = [
+        f"data.{key}={run.data.get(key)} (trained with {trained.get(key)})"
+        for key in SPLIT_KEYS
+        if run.data.get(key) != trained.get(key)
+    ]
+    if changed:
+        raise LensexpError(
+            f"ckpt_path={path}: split=test with {', '.join(changed)} would draw another seeded "
+            f"test split from the data it trained on, holding training images; leave those "
+            f"settings out (the checkpoint's own split is its held-out test split), or give "
+            f"data with a test/ folder."
+        )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint (`ckpt_path`) or the model the config builds; return the metrics."""
     out_dir = Path(cfg.paths.output_dir)
@@ -74,6 +105,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     task = check_compatible(run)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run)
+    if checkpoint is not None and cfg.split == "test":
+        check_held_out(checkpoint, run, datamodule, str(cfg.ckpt_path))
     try:
         # The model reads facts from the data (its bands), so data errors can start here.
         module = build_module(run, datamodule)
@@ -88,6 +121,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             raise
         # Data of the other task is the likely cause: say what the checkpoint expects.
         raise LensexpError(f"{err} (ckpt_path={cfg.ckpt_path} is a {task} model)") from err
-    print_metrics_table(report, title=f"{module.task}: {cfg.split} split of {datamodule.root}")
+    title = f"{module.task}: {cfg.split} split of {datamodule.root}"
+    if cfg.split == "test":
+        title += f": {datamodule.test_source}"
+    print_metrics_table(report, title=title)
     print(f"report: {out_dir}")
     return report

@@ -61,6 +61,19 @@ def _validate_best(
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
+def _test_best(
+    cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule, out_dir: Path
+) -> dict[str, Any] | None:
+    """The evaluation report of the test split with `module`'s weights (the best checkpoint's),
+    written into `out_dir`; None when the data has no test split. Nothing here feeds back
+    into training or checkpoint selection, which end before it."""
+    if datamodule.test_source is None:
+        print("no test split (no test/ folder and data.test_fraction=0): test_metrics is null")
+        return None
+    trainer = build_report_trainer(cfg, keep_limits=True)
+    return evaluate_module(module, datamodule, trainer, "test", out_dir)
+
+
 def resume_config(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     """The config to train with and the checkpoint to resume from (`ckpt_path`).
 
@@ -82,7 +95,8 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, str | None]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train as `cfg` says; write `results.json` and the best checkpoint's report."""
+    """Train as `cfg` says; write `results.json` and the best checkpoint's reports on the
+    validation split (which selected it) and the test split (which did not)."""
     started = time.perf_counter()
     cfg, ckpt_path = resume_config(cfg)
     task = check_compatible(cfg)
@@ -118,6 +132,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     report = evaluate_module(
         module, datamodule, build_report_trainer(cfg, keep_limits=True), "val", report_dir
     )
+    test_dir = out / "best_test"
+    test_report = _test_best(cfg, module, datamodule, test_dir)
     results = {
         "task": task,
         "monitor": cfg.monitor,
@@ -128,6 +144,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_metrics": validated,
         "final_metrics": final,
         "report_dir": str(report_dir),
+        # The best checkpoint on the test split: held out from training and from selection.
+        "test_metrics": test_report,
+        "test_split": datamodule.test_source,
+        "test_report_dir": None if test_report is None else str(test_dir),
         "pretrained_loaded": module.pretrained_loaded,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -136,7 +156,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json(out / "results.json", results)
     print_metrics_table(report, title=f"{task}: validation metrics of the best checkpoint")
+    if test_report is not None:
+        title = f"{task}: test metrics of the best checkpoint, {datamodule.test_source}"
+        print_metrics_table(test_report, title=title)
     print(f"best checkpoint: {best_path or '(none saved)'}")
-    print(f"figures and predictions: {report_dir}")
+    tested = "" if test_report is None else f", {test_dir}"
+    print(f"figures and predictions: {report_dir}{tested}")
     print(f"results: {out / 'results.json'}")
     return results

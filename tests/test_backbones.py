@@ -182,7 +182,7 @@ def test_a_three_band_dataset_gives_a_three_channel_classifier(
     from lensexp.builders import build_datamodule, build_module
     from tests.helpers import compose_cfg, make_classification_folder
 
-    root = make_classification_folder(tmp_path / "cls", 2, size=64, bands=3)
+    root = make_classification_folder(tmp_path / "cls", 4, size=64, bands=3)
     cfg = compose_cfg(tmp_path, [f"data.root={root}", "model=mobilenet_v3_small",
                                  "model.pretrained=none", f"model.input_adapter={adapter}",
                                  "data.batch_size=4"])  # fmt: skip

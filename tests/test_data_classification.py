@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -63,7 +64,7 @@ def assert_items_match_files(dm, dataset, files) -> None:
 def test_array_formats(tmp_path, cache_dir, fmt):
     root = make_classification_folder(tmp_path / "cls", 3, size=32, fmt=fmt)
     dm, ds, files = split_of(root, cache_dir, "train")
-    assert len(files) == 9
+    assert len(files) == 6  # one of each class's three is the seeded test split
     assert_items_match_files(dm, ds, files)
 
 
@@ -101,7 +102,7 @@ def test_other_object_arrays_need_the_option(tmp_path, cache_dir):
 
 
 def test_image_size_null_takes_the_size_of_the_files(tmp_path, cache_dir):
-    root = make_classification_folder(tmp_path / "cls", 1, size=40)
+    root = make_classification_folder(tmp_path / "cls", 1, size=40, with_test=True)
     dm = LensClassificationDataModule(root=str(root), cache_dir=str(cache_dir))  # the default
     dm.setup("fit")
     assert dm.image_shape == (1, 40, 40)
@@ -158,29 +159,37 @@ def test_explicit_classes_missing_a_folder(tmp_path, cache_dir):
 
 def test_seeded_stratified_split_without_val(tmp_path, cache_dir):
     root = make_classification_folder(tmp_path / "cls", 10, size=32, with_val=False)
-    dm = module(root, cache_dir, val_fraction=0.2)
+    dm = module(root, cache_dir, val_fraction=0.2)  # test_fraction 0.1 (the default)
     dm.setup("fit")
-    train, val = dm.files["train"], dm.files["val"]
-    assert len(train) == 24 and len(val) == 6
-    assert not set(train) & set(val)
-    assert set(train) | set(val) == set(root.rglob("*.npy"))
-    # stratified: every class in both splits, in proportion
+    dm.setup("test")
+    train, val, test = dm.files["train"], dm.files["val"], dm.files["test"]
+    assert (len(train), len(val), len(test)) == (21, 6, 3)
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert set(train) | set(val) | set(test) == set(root.rglob("*.npy"))
+    # stratified: every class in every split, in proportion
     assert np.bincount(dm.labels_of("val")).tolist() == [2, 2, 2]
-    assert np.bincount(dm.labels_of("train")).tolist() == [8, 8, 8]
-    assert_items_match_files(dm, dm.datasets["val"], val)
-    assert_items_match_files(dm, dm.datasets["train"], train)
+    assert np.bincount(dm.labels_of("test")).tolist() == [1, 1, 1]
+    assert np.bincount(dm.labels_of("train")).tolist() == [7, 7, 7]
+    for split in ("train", "val", "test"):
+        assert_items_match_files(dm, dm.datasets[split], dm.files[split])
     again = module(root, cache_dir, val_fraction=0.2)
     again.setup("fit")
-    assert again.files["val"] == val and again.files["train"] == train
+    again.setup("test")
+    assert [again.files[s] for s in ("train", "val", "test")] == [train, val, test]
     other = module(root, cache_dir, val_fraction=0.2, split_seed=5)
     other.setup("fit")
     assert other.files["val"] != val and len(other.files["val"]) == 6
+    # Val is drawn first: the same images with or without a test split.
+    untested = module(root, cache_dir, val_fraction=0.2, test_fraction=0)
+    untested.setup("fit")
+    assert untested.files["val"] == val and sorted(untested.files["train"]) == sorted(train + test)
 
 
 def test_val_folder_is_used(classification_root, cache_dir):
     dm = module(classification_root, cache_dir)
     dm.setup("fit")
-    assert len(dm.files["train"]) == 24 and len(dm.files["val"]) == 12
+    # 8 per class in train/, one of which is the seeded test split (no test/ folder)
+    assert len(dm.files["train"]) == 21 and len(dm.files["val"]) == 12
     assert all(f.parts[-3] == "val" for f in dm.files["val"])
     assert all(f.parts[-3] == "train" for f in dm.files["train"])
     assert_items_match_files(dm, dm.datasets["val"], dm.files["val"])
@@ -205,18 +214,47 @@ def test_split_all_ignores_a_cache_left_in_the_data_folder(classification_root, 
     assert_items_match_files(dm, ds, files)
 
 
-def test_split_test_with_and_without_test_folder(tmp_path, cache_dir):
-    root = make_classification_folder(tmp_path / "cls", 2, size=32)
-    dm = module(root, cache_dir)
-    assert dm.build_split("test") is None
-    with pytest.raises(LensexpError, match="no test/ folder"):
+def test_seeded_test_split_without_a_test_folder(classification_root, cache_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="lensexp.data.base"):
+        dm = module(classification_root, cache_dir, test_fraction=0.25)
+        dm.setup("fit")
         dm.setup("test")
-    shutil.copytree(root / "val", root / "test")
-    dm = module(root, cache_dir)
+    train, val, test = (set(dm.files[split]) for split in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (18, 12, 6)
+    assert not train & test and not val & test
+    assert train | test == set((classification_root / "train").rglob("*.npy"))
+    assert np.bincount(dm.labels_of("test")).tolist() == [2, 2, 2]
+    assert_items_match_files(dm, dm.datasets["test"], dm.files["test"])
+    said = [r.getMessage() for r in caplog.records if r.name == "lensexp.data.base"]
+    test_dir = classification_root / "test"
+    assert said == [f"no {test_dir}: a seeded 25% of train/ is the test split (data.split_seed=0)"]
+    assert dm.test_source == "a seeded 25% of train/ (data.split_seed=0)"
+    # Deterministic: the same images on every run; another split_seed draws others.
+    again = module(classification_root, cache_dir, test_fraction=0.25)
+    again.setup("test")
+    assert again.files["test"] == dm.files["test"]
+    other = module(classification_root, cache_dir, test_fraction=0.25, split_seed=3)
+    other.setup("test")
+    assert other.files["test"] != dm.files["test"] and len(other.files["test"]) == 6
+
+
+def test_test_folder_is_used_and_test_fraction_0_means_none(classification_root, cache_dir):
+    dm = module(classification_root, cache_dir, test_fraction=0)
+    assert dm.build_split("test") is None and dm.test_source is None
+    untested = module(classification_root, cache_dir, test_fraction=0, predict_split="test")
+    for stage in ("test", "predict"):
+        with pytest.raises(LensexpError, match=r"no test split \(no test/ folder and data\.test"):
+            untested.setup(stage)
+    dm.setup("fit")
+    assert len(dm.files["train"]) == 24  # all of train/
+    shutil.copytree(classification_root / "val", classification_root / "test")
+    dm = module(classification_root, cache_dir)  # test_fraction 0.1 applies only without test/
+    dm.setup("fit")
     dm.setup("test")
-    assert [f.parts[-3] for f in dm.files["test"]] == ["test"] * 6
+    assert [f.parts[-3] for f in dm.files["test"]] == ["test"] * 12
+    assert len(dm.files["train"]) == 24 and dm.test_source == str(classification_root / "test")
     images, labels = next(iter(dm.test_dataloader()))
-    assert images.shape == (6, 1, 32, 32) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert images.shape == (12, 1, 32, 32) and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
 # -- bad input --------------------------------------------------------------------------------
@@ -294,9 +332,16 @@ def test_bad_settings(classification_root, cache_dir):
         module(classification_root, cache_dir, batch_size=0)
     with pytest.raises(LensexpError, match="split=nope"):
         module(classification_root, cache_dir, predict_split="nope")
+    with pytest.raises(LensexpError, match=r"data\.test_fraction=1\.0: must lie in \[0, 1\)"):
+        module(classification_root, cache_dir, test_fraction=1.0)
     dm = module(classification_root, cache_dir, val_fraction=1.5)
     shutil.rmtree(classification_root / "val")
     with pytest.raises(LensexpError, match=r"data\.val_fraction=1\.5"):
+        dm.setup("fit")
+    dm = module(classification_root, cache_dir, val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(
+        LensexpError, match=r"cannot split 8 images with data\.val_fraction=0\.5 and data\.test"
+    ):
         dm.setup("fit")
 
 
@@ -559,7 +604,7 @@ def test_a_bad_normalize_value_is_one_line_naming_the_key_and_choices(tmp_path, 
 
 @pytest.mark.parametrize("fmt", ["chw", "hwc"])
 def test_three_band_images_give_three_channel_batches(tmp_path, cache_dir, fmt):
-    root = make_classification_folder(tmp_path / "cls", 2, size=64, bands=3, fmt=fmt)
+    root = make_classification_folder(tmp_path / "cls", 3, size=64, bands=3, fmt=fmt)
     dm = module(root, cache_dir, image_size=None, batch_size=4)
     assert dm.channels == 3 and dm.state_for_model()["in_channels"] == 3
     dm.setup("fit")
@@ -587,7 +632,8 @@ def test_public_model_i_layout_with_its_class_names(tmp_path, cache_dir):
     dm = module(root, cache_dir, classes=list(PUBLIC_CLASSES), image_size=None)
     dm.setup("fit")
     dataset, files = dm.datasets["train"], dm.files["train"]
-    assert [f.parent.name for f in files] == ["no_sub"] * 2 + ["cdm"] * 2 + ["axion"] * 2
+    # one image of each class (the other of its two is the seeded test split), in class order
+    assert [f.parent.name for f in files] == ["no_sub", "cdm", "axion"]
     for i, path in enumerate(files):
         # raw[0]: the (H, W) image of an axion file's [image, mass], or the band of (1, H, W)
         raw = np.load(path, allow_pickle=True)
@@ -627,7 +673,7 @@ def test_simulated_presets_compose_with_the_default_data_config(tmp_path, preset
     cfg = compose_cfg(tmp_path, [f"data.simulate.preset={preset}", "data.simulate.n_per_class=4"])
     assert cfg.data.image_size is None  # the size of the simulated files (64 px for these)
     assert cfg.data.root is None and cfg.data.simulate.preset == preset
-    assert cfg.data.default_root.endswith(f"sim_classification_{preset}_4")
+    assert cfg.data.default_root.endswith(f"sim_classification_{preset}_4_val0.2_test0.2")
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -98,23 +99,33 @@ def test_object_arrays_load_without_the_option(tmp_path, cache_dir):
 # -- splits -----------------------------------------------------------------------------------
 
 
-def test_seeded_split_is_deterministic_disjoint_and_complete(superres_root, cache_dir):
-    dm = module(superres_root, cache_dir)
-    dm.setup("fit")
-    train, val = names(dm.files["train"]), names(dm.files["val"])
-    assert len(val) == 2 and len(train) == 18  # default val_fraction 0.1
-    assert not set(train) & set(val)
-    assert set(train) | set(val) == {f"img{i}.npy" for i in range(20)}
+def test_seeded_split_is_deterministic_disjoint_and_complete(superres_root, cache_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="lensexp.data.base"):
+        dm = module(superres_root, cache_dir)
+        dm.setup("fit")
+        dm.setup("test")
+    train, val, test = (names(dm.files[split]) for split in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (16, 2, 2)  # default fractions 0.1 and 0.1
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert set(train) | set(val) | set(test) == {f"img{i}.npy" for i in range(20)}
+    said = [r.getMessage() for r in caplog.records if r.name == "lensexp.data.base"]
+    assert said == [
+        f"no {superres_root / 'test'}: a seeded 10% of the root's HR/LR pairs is the test split "
+        f"(data.split_seed=0)"
+    ]
     again = module(superres_root, cache_dir)
     again.setup("fit")
-    assert names(again.files["val"]) == val and names(again.files["train"]) == train
+    again.setup("test")
+    assert [names(again.files[s]) for s in ("train", "val", "test")] == [train, val, test]
     other = module(superres_root, cache_dir, split_seed=1, val_fraction=0.25)
     other.setup("fit")
     assert len(other.files["val"]) == 5 and names(other.files["val"]) != val
-    # the val items are the val files' pairs
-    lr, hr = dm.datasets["val"][1]
-    np.testing.assert_array_equal(lr[0].numpy(), load_image(dm.files["val"][1]))
-    np.testing.assert_array_equal(hr[0].numpy(), load_image(superres_root / "HR" / val[1]))
+    # the val and test items are their files' pairs
+    for split in ("val", "test"):
+        lr, hr = dm.datasets[split][1]
+        np.testing.assert_array_equal(lr[0].numpy(), load_image(dm.files[split][1]))
+        hr_file = superres_root / "HR" / dm.files[split][1].name
+        np.testing.assert_array_equal(hr[0].numpy(), load_image(hr_file))
 
 
 def test_explicit_val_and_test_folders(tmp_path, cache_dir):
@@ -122,7 +133,10 @@ def test_explicit_val_and_test_folders(tmp_path, cache_dir):
     make_superres_folder(root, 3, lr_size=8, subdir="val", names=["v0.npy", "v1.npy", "v2.npy"])
     dm = module(root, cache_dir, hr_size=16)
     dm.setup("fit")
-    assert names(dm.files["train"]) == sorted(f"img{i}.npy" for i in range(6))
+    dm.setup("test")
+    # val/ validates; no test/: one seeded pair of the root's six tests, the others train
+    assert len(dm.files["train"]) == 5 and len(dm.files["test"]) == 1
+    assert set(dm.files["train"]) | set(dm.files["test"]) == set((root / "LR").glob("*.npy"))
     assert names(dm.files["val"]) == ["v0.npy", "v1.npy", "v2.npy"]
     assert all(f.parent == root / "val" / "LR" for f in dm.files["val"])
     np.testing.assert_array_equal(
@@ -130,13 +144,19 @@ def test_explicit_val_and_test_folders(tmp_path, cache_dir):
     )
     # split=all: the root pairs plus the val/ pairs
     _, ds_all, all_files = built(root, cache_dir, "all", hr_size=16)
-    assert len(ds_all) == 9 and set(all_files) == set(dm.files["train"]) | set(dm.files["val"])
-    # no test/: setup("test") says so; with test/ it loads
-    with pytest.raises(LensexpError, match="test/"):
-        dm.setup("test")
+    assert len(ds_all) == 9 and set(all_files) == set((root / "LR").glob("*.npy")) | set(
+        dm.files["val"]
+    )
+    # data.test_fraction=0: no test split, setup("test") says so; with test/ it loads, and
+    # every root pair trains
+    with pytest.raises(LensexpError, match="no test/ folder and data.test_fraction=0"):
+        module(root, cache_dir, hr_size=16, test_fraction=0).setup("test")
     make_superres_folder(root, 2, lr_size=8, subdir="test", names=["t0.npy", "t1.npy"])
+    dm = module(root, cache_dir, hr_size=16)
+    dm.setup("fit")
     dm.setup("test")
     assert names(dm.files["test"]) == ["t0.npy", "t1.npy"]
+    assert names(dm.files["train"]) == sorted(f"img{i}.npy" for i in range(6))
     assert len(next(iter(dm.test_dataloader()))[0]) == 2
 
 
@@ -315,7 +335,8 @@ def test_config_instantiates(tmp_path, superres_root):
     dm = instantiate(full.data)
     assert isinstance(dm, SuperResolutionDataModule)
     assert (dm.scale, dm.hr_size, dm.flips, dm.rot90) == (2, 150, True, True)
-    assert dm.val_fraction == 0.1 and not dm.simulated and dm.train_seed == 7
+    assert (dm.val_fraction, dm.test_fraction) == (0.1, 0.1)
+    assert not dm.simulated and dm.train_seed == 7
     assert dm.cache_dir == tmp_path / "cache" and dm.normalize == "none"
     assert dm.state_for_model() == {
         "scale": 2,
@@ -336,7 +357,8 @@ def test_default_dataset_is_simulated(tmp_path, cache_dir):
     dm.setup("fit")
     lr, hr = next(iter(dm.val_dataloader()))
     assert lr.shape == (1, 1, 75, 75) and hr.shape == (1, 1, 150, 150)
-    assert len(dm.files["train"]) == 3
+    dm.setup("test")  # the simulated pairs have no test/: one seeded pair of the four
+    assert len(dm.files["train"]) == 2 and len(dm.files["test"]) == 1
 
 
 # -- bands (Model IV: three) ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lensexp.sim import (
     make_classification_dataset,
     make_superres_dataset,
 )
+from lensexp.sim.dataset import classification_plan
 from lensexp.sim.physics import sample_system
 from lensexp.sim.render import Camera
 
@@ -156,21 +157,65 @@ def test_classification_layout_and_manifest(tmp_path):
     for cls in ("no", "sphere", "vort"):
         train = sorted((out / "train" / cls).glob("*.npy"))
         val = sorted((out / "val" / cls).glob("*.npy"))
-        assert len(train) == 4 and len(val) == 1  # floor(5 * 0.2) in val
-        for path in train + val:
+        test = sorted((out / "test" / cls).glob("*.npy"))
+        assert (len(train), len(val), len(test)) == (3, 1, 1)  # 60/20/20 (the defaults)
+        assert [p.name for p in val + test] == [f"{cls}_000002.npy", f"{cls}_000004.npy"]
+        for path in train + val + test:
             arr = np.load(path)
             assert arr.shape == (1, 150, 150) and arr.dtype == np.float32
             assert arr.min() == 0.0 and arr.max() == 1.0
     rows = _manifest(out)
     assert len(rows) == 15
-    assert {(r["split"], r["class"]) for r in rows} >= {("val", "vort"), ("train", "no")}
+    assert {(r["split"], r["class"]) for r in rows} >= {("val", "vort"), ("train", "no"),
+                                                        ("test", "sphere")}  # fmt: skip
     for r in rows:
         assert (out / r["file"]).is_file()
         assert r["seed"] == "0" and float(r["theta_E"]) == pytest.approx(1.66, abs=0.01)
         assert int(r["n_subhalos"]) == {"no": 0, "sphere": 25, "vort": 100}[r["class"]]
         assert (r["axion_mass"] != "") == (r["class"] == "vort")
     # Nothing but the dataset, the manifest and the hidden state folder.
-    assert {p.name for p in out.iterdir()} == {"train", "val", "manifest.csv", ".sim"}
+    assert {p.name for p in out.iterdir()} == {"train", "val", "test", "manifest.csv", ".sim"}
+
+
+def _splits(n: int, val_fraction: float, test_fraction: float) -> dict[str, set[tuple]]:
+    """The (class, index) pairs the plan puts in each split, checking each file's folder."""
+    splits: dict[str, set[tuple]] = {"train": set(), "val": set(), "test": set()}
+    for item in classification_plan(n, val_fraction, test_fraction):
+        assert item.files == (f"{item.split}/{item.cls}/{item.cls}_{item.index:06d}.npy",)
+        splits[item.split].add((item.cls, item.index))
+    return splits
+
+
+@pytest.mark.parametrize(
+    ("n", "val_fraction", "test_fraction", "sizes"),
+    [
+        (600, 0.2, 0.2, (360, 120, 120)),  # the default dataset
+        (10, 0.2, 0.2, (6, 2, 2)),
+        (7, 0.1, 0.1, (6, 1, 0)),  # floor(7 * 0.2) = 1 held out, in val/
+        (1000, 0.15, 0.1, (750, 150, 100)),
+        (100, 0.0, 0.3, (70, 0, 30)),
+        (12500, 0.2, 0.0, (10000, 2500, 0)),  # the public Model I sizes, no test/
+    ],
+)
+def test_three_disjoint_splits_of_the_right_sizes(n, val_fraction, test_fraction, sizes):
+    splits = _splits(n, val_fraction, test_fraction)
+    assert tuple(len(splits[s]) // 3 for s in ("train", "val", "test")) == sizes
+    assert sum(len(v) for v in splits.values()) == 3 * n  # each image in exactly one split
+    # Asking for more images never moves an earlier one to another split.
+    grown = _splits(2 * n + 3, val_fraction, test_fraction)
+    assert all(splits[s] <= grown[s] for s in splits)
+
+
+def test_test_fraction_0_is_the_two_split_layout_and_a_changed_one_is_named(tmp_path):
+    # Every 5th image in val/, as the simulator wrote before test/ existed.
+    splits = _splits(20, 0.2, 0.0)
+    assert {i for _, i in splits["val"]} == {4, 9, 14, 19} and not splits["test"]
+    kw = dict(overrides=SMALL, progress=False, num_workers=1)
+    out = make_classification_dataset(tmp_path / "two", 2, test_fraction=0, **kw)
+    assert not (out / "test").exists()
+    _one_line_error(
+        make_classification_dataset, out, 2, match="test_fraction: None then, 0.2 now", **kw
+    )
 
 
 def test_superres_layout_and_degradation(tmp_path):
@@ -199,14 +244,14 @@ def test_superres_layout_and_degradation(tmp_path):
 
 def test_bytes_identical_across_workers_and_shards(tmp_path):
     kw = dict(overrides=SMALL, progress=False, seed=3)
-    one = make_classification_dataset(tmp_path / "one", 4, num_workers=1, **kw)
-    two = make_classification_dataset(tmp_path / "two", 4, num_workers=2, **kw)
+    one = make_classification_dataset(tmp_path / "one", 5, num_workers=1, **kw)
+    two = make_classification_dataset(tmp_path / "two", 5, num_workers=2, **kw)
     shards = tmp_path / "shards"
     for shard in (2, 0, 1):
-        make_classification_dataset(shards, 4, num_workers=1, shard=shard, num_shards=3, **kw)
+        make_classification_dataset(shards, 5, num_workers=1, shard=shard, num_shards=3, **kw)
         assert (shards / "manifest.csv").exists() == (shard == 1)  # only once all shards are done
     reference = _files(one)
-    assert len(reference) == 12
+    assert len(reference) == 15 and "test/vort/vort_000004.npy" in reference
     assert _files(two) == reference and _files(shards) == reference
     manifest = (one / "manifest.csv").read_bytes()
     assert (two / "manifest.csv").read_bytes() == manifest
@@ -225,7 +270,7 @@ def test_resume_after_damage_and_growth(tmp_path):
     (out / "train/sphere/sphere_000001.npy").unlink()
     victim = out / "train/vort/vort_000000.npy"
     victim.write_bytes(victim.read_bytes()[:1000])  # truncated
-    stale = out / "train/no/.no_000002.npy.1234abcd.tmp"  # what a killed run leaves behind
+    stale = out / "train/no/.no_000001.npy.1234abcd.tmp"  # what a killed run leaves behind
     stale.write_bytes(b"partial")
     (out / "manifest.csv").unlink()
     before = (out / "train/no/no_000000.npy").stat().st_mtime_ns
@@ -263,7 +308,8 @@ def test_killed_run_leaves_no_partial_files_and_resumes(tmp_path):
     assert len(list(out.rglob("*.npy"))) == 120 and len(_manifest(out)) == 120
     assert not [p for p in out.rglob("*.tmp")]
     sim = Simulator(load_preset("model_i"), "classification")
-    for name in ("train/no/no_000000.npy", "val/vort/vort_000039.npy"):
+    for name in ("train/no/no_000000.npy", "val/sphere/sphere_000037.npy",
+                 "test/vort/vort_000039.npy"):  # fmt: skip
         cls, index = Path(name).stem.split("_")
         assert np.array_equal(np.load(out / name), sim.image(cls, 0, int(index))[0])
 
@@ -289,6 +335,8 @@ def test_bad_counts_presets_and_settings(tmp_path):
     _one_line_error(mk, out, 2, overrides={"halo.e1": [0.3, 0.1]}, match="halo.e1")
     _one_line_error(mk, out, 2, overrides={"instrument.noise": "loud"}, match="instrument.noise")
     _one_line_error(mk, out, 2, val_fraction=1.0, match="val_fraction")
+    _one_line_error(mk, out, 2, test_fraction=-0.1, match=r"test_fraction must be a number")
+    _one_line_error(mk, out, 2, val_fraction=0.5, test_fraction=0.5, match="must stay below 1")
     _one_line_error(mk, out, 2, shard=2, num_shards=2, match="shard=2")
     _one_line_error(mk, out, 2, preset="superres_mild", match="super-resolution preset")
     _one_line_error(make_superres_dataset, out, 2, preset="model_i", match="no 'superres' section")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,16 @@ import torch
 from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate
 from lensexp.training import check_compatible, train
-from tests.helpers import CONF, ROOT, Payload, compose_cfg, kill_then_resume, save_image
+from tests.helpers import (
+    CLASSES,
+    CONF,
+    ROOT,
+    Payload,
+    compose_cfg,
+    kill_then_resume,
+    make_classification_folder,
+    save_image,
+)
 
 GROUPS = [
     "data", "loss", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger",
@@ -98,6 +108,57 @@ def test_short_training_writes_results_and_picks_the_best_checkpoint(
     assert report["accuracy"] == pytest.approx(saved["val_metrics"]["val/acc"], abs=1e-6)
     assert (out / "best_val" / "roc_curve.png").is_file()
 
+    # The same report of the best checkpoint on the test split: no test/ here, so a seeded
+    # one of each class's eight training images, which never trained.
+    assert saved["test_split"] == "a seeded 10% of train/ (data.split_seed=0)"
+    assert saved["test_report_dir"] == str(out / "best_test")
+    tested = json.loads((out / "best_test" / "metrics.json").read_text())
+    assert tested["n"] == 3 and tested["accuracy"] == saved["test_metrics"]["accuracy"]
+    assert (out / "best_test" / "roc_curve.png").is_file()
+    with open(out / "best_test" / "predictions.csv") as fh:
+        test_files = {row["path"] for row in csv.DictReader(fh)}
+    trained = sum(len(list((classification_root / "train" / c).glob("*.npy"))) for c in CLASSES)
+    assert results["global_step"] == 3 * 3 and trained - len(test_files) == 21  # 3 batches of 8
+    assert all("/train/" in path for path in test_files)
+
+
+@pytest.mark.slow
+def test_the_test_split_never_touches_selection(tmp_path: Path) -> None:
+    """Whatever test/ holds, or with no test split at all, training, the best checkpoint and
+    its validation numbers are the same; only test_metrics (the best checkpoint on test/)
+    follow test/."""
+    plain = make_classification_folder(tmp_path / "plain", 8, size=32, n_val=4)
+    val_copy = shutil.copytree(plain, tmp_path / "val_copy")
+    shutil.copytree(plain / "val", val_copy / "test")  # test/ holds the val images
+    other = shutil.copytree(plain, tmp_path / "other")
+    for i, cls in enumerate(CLASSES):  # test/ holds 2 other images a class, brighter
+        for j in range(2):
+            image = 5 * np.random.default_rng([i, j]).random((32, 32))
+            save_image(other / "test" / cls / f"{cls}_{j}.npy", image)
+    common = ("debug=limit", "trainer.deterministic=true", "seed=3")
+    runs = {name: train(compose_cfg(tmp_path / name / "run", quick(root, *common)))
+            for name, root in (("val_copy", val_copy), ("other", other))}  # fmt: skip
+    untested = quick(plain, *common, "data.test_fraction=0")  # all of train/ trains, as above
+    runs["none"] = train(compose_cfg(tmp_path / "none", untested))
+    reference = runs["val_copy"]
+    for name in ("other", "none"):
+        for key in ("best_value", "val_metrics", "final_metrics", "global_step"):
+            assert runs[name][key] == reference[key], (name, key)
+        assert Path(runs[name]["best_checkpoint"]).name == Path(reference["best_checkpoint"]).name
+    assert runs["none"]["test_metrics"] is None and runs["none"]["test_split"] is None
+    assert not (tmp_path / "none" / "out" / "best_test").exists()
+    # test/ with the val images scores as val does; other images score otherwise.
+    best_val = tmp_path / "val_copy" / "run" / "out" / "best_val" / "metrics.json"
+    best_val = json.loads(best_val.read_text())
+    tested = reference["test_metrics"]
+    assert tested["n"] == best_val["n"] == 12 and tested["accuracy"] == best_val["accuracy"]
+    assert tested["auc_per_class"] == best_val["auc_per_class"]
+    assert reference["test_split"] == str(val_copy / "test")
+    assert runs["other"]["test_metrics"]["n"] == 6 and runs["other"]["test_metrics"] != tested
+    with open(tmp_path / "other" / "run" / "out" / "best_test" / "predictions.csv") as fh:
+        paths = [Path(row["path"]) for row in csv.DictReader(fh)]
+    assert sorted(paths) == sorted((other / "test").rglob("*.npy"))
+
 
 @pytest.mark.slow
 def test_short_run_through_the_script(classification_root: Path, tmp_path: Path) -> None:
@@ -142,9 +203,11 @@ def test_evaluate_a_checkpoint_with_nothing_else(classification_root: Path, tmp_
     train_cfg = compose_cfg(tmp_path / "train", quick(classification_root, "debug=limit"))
     results = train(train_cfg)
 
+    # The test split by default: the seeded one train.py held out and reported.
     eval_cfg = compose_cfg(
         tmp_path / "eval", [f"ckpt_path={results['best_checkpoint']}", "trainer=cpu"], "eval"
     )
+    assert eval_cfg.split == "test"
     metrics = evaluate(eval_cfg)
     out = tmp_path / "eval" / "out"
     saved = json.loads((out / "metrics.json").read_text())
@@ -152,20 +215,31 @@ def test_evaluate_a_checkpoint_with_nothing_else(classification_root: Path, tmp_
         "accuracy", "auc_micro", "auc_macro", "auc_per_class", "confusion_matrix", "n"
     }  # fmt: skip
     assert set(saved["auc_per_class"]) == {"no", "sphere", "vort"}
-    assert saved["n"] == 12 and np.sum(saved["confusion_matrix"]) == 12
-    assert metrics["accuracy"] == pytest.approx(results["val_metrics"]["val/acc"], abs=1e-6)
+    assert saved["n"] == 3 and np.sum(saved["confusion_matrix"]) == 3
+    assert metrics["accuracy"] == pytest.approx(results["test_metrics"]["accuracy"], abs=1e-6)
+    assert metrics["auc_per_class"] == pytest.approx(results["test_metrics"]["auc_per_class"])
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(tmp_path / "train" / "out" / "best_test" / "predictions.csv") as fh:
+        assert [row["path"] for row in rows] == [row["path"] for row in csv.DictReader(fh)]
+    assert list(rows[0]) == ["path", "label", "prediction", "p_no", "p_sphere", "p_vort"]
+    for name in ("metrics.md", "confusion_matrix.png", "roc_curve.png"):
+        assert (out / name).is_file()
+
+    # split=val: the split that selected the checkpoint.
+    val_cfg = compose_cfg(
+        tmp_path / "val", [f"ckpt_path={results['best_checkpoint']}", "trainer=cpu", "split=val"],
+        "eval",
+    )  # fmt: skip
+    validated = evaluate(val_cfg)
+    assert validated["n"] == 12
+    assert validated["accuracy"] == pytest.approx(results["val_metrics"]["val/acc"], abs=1e-6)
     # Pointed at the training run's own folder, evaluate.py refuses rather than overwrite it.
     into_run = compose_cfg(tmp_path / "train", [f"ckpt_path={results['best_checkpoint']}"], "eval")
     before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "train" / "out").rglob("*"))
     with pytest.raises(LensexpError, match=r"a training run's folder; evaluate\.py writes"):
         evaluate(into_run)
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "train" / "out").rglob("*")) == before
-    for name in ("metrics.md", "confusion_matrix.png", "roc_curve.png"):
-        assert (out / name).is_file()
-    with open(out / "predictions.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == 12
-    assert list(rows[0]) == ["path", "label", "prediction", "p_no", "p_sphere", "p_vort"]
 
     # split=all reads every file under data.root, labelled by folder.
     all_cfg = compose_cfg(
@@ -175,6 +249,34 @@ def test_evaluate_a_checkpoint_with_nothing_else(classification_root: Path, tmp_
         "eval",
     )  # fmt: skip
     assert evaluate(all_cfg)["n"] == 36
+
+
+def test_evaluate_never_tests_on_training_images(
+    classification_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    results = train(compose_cfg(tmp_path / "train", quick(classification_root, "debug=limit")))
+    best = results["best_checkpoint"]
+    checkpoint = torch.load(best, weights_only=True)
+    # Other split settings on the data it trained on would draw training images as test.
+    for i, override in enumerate(("data.test_fraction=0.3", "data.split_seed=1")):
+        overrides = [f"ckpt_path={best}", "trainer=cpu", override]
+        cfg = compose_cfg(tmp_path / f"eval{i}", overrides, "eval")
+        with pytest.raises(LensexpError, match=rf"{override}.*\(trained with .*holding training"):
+            evaluate(cfg)
+    # A checkpoint made before test splits trained on all of train/: no seeded test split.
+    from lensexp.callbacks import CONFIG_KEY
+
+    del checkpoint[CONFIG_KEY]["data"]["test_fraction"]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    cfg = compose_cfg(tmp_path / "old", [f"ckpt_path={old}", "trainer=cpu"], "eval")
+    with pytest.raises(LensexpError, match=r"no test split \(no test/ folder and data\.test_f"):
+        evaluate(cfg)
+    assert "trained before lensexp held out a test split" in caplog.text
+    cfg = compose_cfg(
+        tmp_path / "old_val", [f"ckpt_path={old}", "trainer=cpu", "split=val"], "eval"
+    )
+    assert evaluate(cfg)["n"] == 12
 
 
 def test_evaluate_refuses_a_checkpoint_carrying_a_pickled_payload(

@@ -101,11 +101,17 @@ def test_best_checkpoint_is_the_highest_psnr(superres_root: Path, tmp_path: Path
     assert Path(results["best_checkpoint"]).name == f"best-epoch{best_epoch:03d}.ckpt"
     assert results["val_metrics"]["val/psnr"] == pytest.approx(results["best_value"], abs=1e-4)
 
+    # The super-resolution report of the best checkpoint on the test split (20 pairs: 2 test).
+    tested = json.loads((tmp_path / "out" / "best_test" / "metrics.json").read_text())
+    assert tested["n"] == 2 and tested["psnr"] == results["test_metrics"]["psnr"]
+    assert (tmp_path / "out" / "best_test" / "comparison.png").is_file()
+
     eval_cfg = compose_cfg(
         tmp_path / "eval",
-        [f"ckpt_path={results['best_checkpoint']}", "trainer=cpu", "save_outputs=true"],
+        [f"ckpt_path={results['best_checkpoint']}", "trainer=cpu", "save_outputs=true",
+         "split=val"],
         "eval",
-    )
+    )  # fmt: skip
     report = evaluate(eval_cfg)
     assert report["psnr"] == pytest.approx(results["val_metrics"]["val/psnr"], abs=1e-3)
     out = tmp_path / "eval" / "out"
@@ -142,7 +148,7 @@ def test_evaluate_reference_weights_without_a_checkpoint(
 
 
 def test_adversarial_run_clips_and_its_checkpoint_evaluates(tmp_path: Path) -> None:
-    root = make_superres_folder(tmp_path / "small", 10, lr_size=16)  # 8 train, 2 val pairs
+    root = make_superres_folder(tmp_path / "small", 10, lr_size=16)  # 7 train, 2 val, 1 test
     options = sr_quick(
         root, tmp_path, "adversarial", "data.hr_size=32", "debug=limit", "trainer.max_epochs=1",
         "model.gradient_clip_val=0.5", "model.ema_decay=0.9", "model.discriminator_warmup_steps=1",
@@ -162,8 +168,9 @@ def test_adversarial_run_clips_and_its_checkpoint_evaluates(tmp_path: Path) -> N
     eval_cfg = compose_cfg(
         tmp_path / "eval", [f"ckpt_path={results['last_checkpoint']}", "trainer=cpu"], "eval"
     )
-    report = evaluate(eval_cfg)
-    assert report["n"] == 2
+    report = evaluate(eval_cfg)  # the test split, as train.py reported it
+    assert report["n"] == 1
+    assert report["psnr"] == pytest.approx(results["test_metrics"]["psnr"], abs=1e-4)
 
 
 @pytest.mark.parametrize(

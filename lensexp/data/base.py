@@ -3,6 +3,7 @@ simulated default dataset, the packed cache, seeded splits and the dataloaders."
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,18 +20,37 @@ from lensexp.data.datasets import PackedDataset
 from lensexp.data.npy import NORMALIZE
 from lensexp.errors import LensexpError
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test", "all")
 
 
-def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and val indices of `range(n)`: the same on every run and machine for a given seed."""
-    if not 0.0 < val_fraction < 1.0:
-        raise LensexpError(f"data.val_fraction={val_fraction}: must lie strictly between 0 and 1.")
+def _held_out(n: int, fraction: float) -> int:
+    """How many of `n` images `fraction` holds out: round(n * fraction), at least one; none for 0."""
+    return 0 if fraction == 0 else max(1, round(n * fraction))
+
+
+def seeded_split(
+    n: int, seed: int, val_fraction: float = 0.0, test_fraction: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted train, val and test indices of `range(n)`, the same on every run and machine for
+    a given seed: one permutation drawn from `seed`, whose first `_held_out(n, val_fraction)`
+    entries are val, the next `_held_out(n, test_fraction)` test, the rest train.
+
+    Val comes first so that it is the same with or without a test split (the val split of runs
+    made before lensexp held out a test split).
+    """
     perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(n * val_fraction))
-    if n_val >= n:
-        raise LensexpError(f"cannot split {n} images with data.val_fraction={val_fraction}.")
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    n_val, n_test = _held_out(n, val_fraction), _held_out(n, test_fraction)
+    if n_val + n_test >= n:
+        fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
+        given = " and ".join(f"data.{k}={v}" for k, v in fractions.items() if v)
+        raise LensexpError(
+            f"cannot split {n} images with {given}: none would be left to train on; lower "
+            f"the fractions, or give val/ and test/ folders (data.test_fraction=0: no test split)."
+        )
+    end = n_val + n_test
+    return np.sort(perm[end:]), np.sort(perm[:n_val]), np.sort(perm[n_val:end])
 
 
 def derived_seed(*parts: int) -> int:
@@ -69,9 +89,15 @@ class NpyDataModule(L.LightningDataModule):
     with the `simulate` settings when it is missing. `normalize`: `minmax` (each image to
     [0, 1] on its own) or `none` (pixel values as the files hold them); see
     `lensexp.data.npy.normalize_image`.
+
+    Splits: `ROOT/val/` and `ROOT/test/` when they exist; otherwise each is cut out of the
+    training pool (`pool_name`) by `seeded_split` with `split_seed`: val `val_fraction` of it,
+    test `test_fraction` (0: no test split).
     """
 
     task: str = ""
+    # What the seeded val and test splits are cut from, for messages.
+    pool_name: str = ""
 
     def __init__(
         self,
@@ -83,6 +109,7 @@ class NpyDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         cache_dir: str | None = None,
         val_fraction: float = 0.2,
+        test_fraction: float = 0.1,
         split_seed: int = 0,
         predict_split: str = "val",
         train_seed: int = 0,
@@ -99,6 +126,12 @@ class NpyDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise LensexpError(
+                f"data.test_fraction={test_fraction}: must lie in [0, 1) (0: no test split)."
+            )
+        self._said_seeded_test = False
         self.split_seed = int(split_seed)
         self.train_seed = int(train_seed)
         self._seeded_epoch, self._batch_in_epoch = -1, 0
@@ -142,6 +175,48 @@ class NpyDataModule(L.LightningDataModule):
         """One sentence describing the expected folder layout."""
         return ""
 
+    def carved_splits(self) -> tuple[str, ...]:
+        """The splits cut out of the training pool: val without `ROOT/val/`, test without
+        `ROOT/test/` (unless `test_fraction` is 0)."""
+        carved = () if (self.root / "val").is_dir() else ("val",)
+        if not (self.root / "test").is_dir() and self.test_fraction > 0:
+            carved += ("test",)
+        return carved
+
+    def partition(self, n: int, seed: int) -> dict[str, np.ndarray]:
+        """Indices of a training pool of `n` items for train and the carved splits (an empty
+        array for a split with a folder of its own)."""
+        carved = self.carved_splits()
+        if "val" in carved and not 0.0 < self.val_fraction < 1.0:
+            raise LensexpError(
+                f"data.val_fraction={self.val_fraction}: must lie strictly between 0 and 1."
+            )
+        if "test" in carved and not self._said_seeded_test:
+            self._said_seeded_test = True
+            log.info(
+                "no %s: %s is the test split (data.split_seed=%d)",
+                self.root / "test",
+                self._seeded_share(),
+                self.split_seed,
+            )
+        val_fraction = self.val_fraction if "val" in carved else 0.0
+        test_fraction = self.test_fraction if "test" in carved else 0.0
+        train, val, test = seeded_split(n, seed, val_fraction, test_fraction)
+        return {"train": train, "val": val, "test": test}
+
+    @property
+    def test_source(self) -> str | None:
+        """Where the test split comes from, in words (the log, results.json); None: none."""
+        if (self.root / "test").is_dir():
+            return str(self.root / "test")
+        if self.test_fraction == 0:
+            return None
+        return f"{self._seeded_share()} (data.split_seed={self.split_seed})"
+
+    def _seeded_share(self) -> str:
+        """The seeded test split in words, e.g. "a seeded 10% of train/"."""
+        return f"a seeded {self.test_fraction * 100:g}% of {self.pool_name}"
+
     def setup(self, stage: str | None = None) -> None:
         wanted = {
             "fit": ("train", "val"),
@@ -153,10 +228,11 @@ class NpyDataModule(L.LightningDataModule):
             if split in self.datasets:
                 continue
             built = self.build_split(split)
-            if built is None:
-                if split == "test" and stage == "test":
-                    raise LensexpError(f"{self.root}: has no test/ folder; use split=val or all.")
-                continue
+            if built is None:  # only test, with no test/ and test_fraction 0
+                raise LensexpError(
+                    f"{self.root}: no test split (no test/ folder and data.test_fraction=0); "
+                    f"use split=val or all, or set data.test_fraction."
+                )
             self.datasets[split], self.files[split] = built
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

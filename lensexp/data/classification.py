@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from lensexp.checks import check_int
-from lensexp.data.base import NpyDataModule, seeded_split
+from lensexp.data.base import NpyDataModule
 from lensexp.data.cache import packed_array
 from lensexp.data.datasets import PackedDataset
 from lensexp.data.npy import inside, list_npy, read_image
@@ -23,13 +23,15 @@ class LensClassificationDataModule(NpyDataModule):
     """Images of `ROOT/{train,val,test}/<class>/*.npy`; class index = position in `classes`.
 
     `classes=None` takes the sorted folder names of `train/`. Without `val/`, a seeded
-    stratified split of `train/` (`val_fraction`, `split_seed`) validates. Every image has the
+    stratified `val_fraction` of `train/` validates; without `test/`, a seeded stratified
+    `test_fraction` of it is the test split (see `NpyDataModule.partition`). Every image has the
     bands of the first one (see `image_shape`) and is `image_size` pixels square, or, with
     `image_size=None`, the first image's size. Augmentation, centre crop and resize run per
     batch on the training device (see `lensexp.data.transforms`).
     """
 
     task = "classification"
+    pool_name = "train/"
 
     def __init__(
         self,
@@ -188,27 +190,27 @@ class LensClassificationDataModule(NpyDataModule):
             files, labels = self._all_files()
             return PackedDataset([self._pack("all", files)], np.arange(len(files)), labels), files
         folder = self.root / split
-        # Without val/, train/ is split below: all of it would train on the val images too.
-        if folder.is_dir() and (split != "train" or (self.root / "val").is_dir()):
+        if split != "train" and folder.is_dir():
             files, labels = self._class_files(folder)
             return PackedDataset([self._pack(split, files)], np.arange(len(files)), labels), files
-        if split == "test":
+        if split == "test" and "test" not in self.carved_splits():
             return None
-        # No val/: both splits index the packed train/ array, split by a seeded permutation.
+        # train/ less the splits carved from it by seeded permutations; they all index the
+        # one packed train/ array (all of it for train when nothing is carved).
         files, labels = self._class_files(self.root / "train")
-        train_idx, val_idx = self._stratified_split(labels)
-        idx = train_idx if split == "train" else val_idx
+        idx = self._stratified_split(labels)[split]
         dataset = PackedDataset([self._pack("train", files)], idx, labels)
         return dataset, [files[i] for i in idx]
 
-    def _stratified_split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        train, val = [], []
+    def _stratified_split(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """Train, val and test indices of train/, each class split on its own (with seed
+        split_seed + class index), so every split keeps the class proportions."""
+        parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
         for c in np.unique(labels):
             members = np.flatnonzero(labels == c)
-            t, v = seeded_split(len(members), self.val_fraction, self.split_seed + int(c))
-            train.append(members[t])
-            val.append(members[v])
-        return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+            for split, idx in self.partition(len(members), self.split_seed + int(c)).items():
+                parts[split].append(members[idx])
+        return {split: np.sort(np.concatenate(idx)) for split, idx in parts.items()}
 
     def batch_transform(self, batch: Any, train: bool) -> Any:
         images, labels = batch

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from lensexp.checks import check_int
-from lensexp.data.base import NpyDataModule, seeded_split
+from lensexp.data.base import NpyDataModule
 from lensexp.data.cache import packed_array
 from lensexp.data.datasets import PackedDataset
 from lensexp.data.npy import header_image_shape, list_npy, read_image, shape_mismatch
@@ -23,12 +23,14 @@ class SuperResolutionDataModule(NpyDataModule):
 
     HR images are `hr_size` pixels square (None: the first HR file's size) and LR images
     `hr_size // scale`; LR and HR have the bands of the first HR file (1, or 3 for Model IV).
-    Optional `ROOT/val/{HR,LR}` validates (otherwise a seeded split of the root pairs,
-    `val_fraction`, `split_seed`) and `ROOT/test/{HR,LR}` tests. Items are `(lr, hr)`; training
+    Optional `ROOT/val/{HR,LR}` validates and `ROOT/test/{HR,LR}` tests; without them a seeded
+    `val_fraction` and `test_fraction` of the root pairs do (see `NpyDataModule.partition`), so
+    the simulated default dataset (root pairs only) trains on 80%. Items are `(lr, hr)`; training
     batches get the same random flip/rot90 on LR and HR on the device.
     """
 
     task = "superres"
+    pool_name = "the root's HR/LR pairs"
 
     def __init__(
         self,
@@ -179,27 +181,22 @@ class SuperResolutionDataModule(NpyDataModule):
     def build_split(self, split: str) -> tuple[PackedDataset, list[Path]] | None:
         if not self.root.is_dir():
             raise LensexpError(f"data.root={self.root}: no such folder. {self.layout_help()}")
-        val_dir = self.root / "val"
-        if split == "test":
-            test_dir = self.root / "test"
-            if not test_dir.is_dir():
-                return None
-            lr, hr = self.pairs(test_dir)
-            return PackedDataset(self._pack("test", lr, hr), np.arange(len(lr))), lr
-        if split == "val" and val_dir.is_dir():
-            lr, hr = self.pairs(val_dir)
-            return PackedDataset(self._pack("val", lr, hr), np.arange(len(lr))), lr
+        if split in ("val", "test") and (self.root / split).is_dir():
+            lr, hr = self.pairs(self.root / split)
+            return PackedDataset(self._pack(split, lr, hr), np.arange(len(lr))), lr
+        if split == "test" and "test" not in self.carved_splits():
+            return None
         lr, hr = self.pairs(self.root)
+        val_dir = self.root / "val"
         if split == "all" and val_dir.is_dir():
             val_lr, val_hr = self.pairs(val_dir)
             lr, hr = lr + val_lr, hr + val_hr
             return PackedDataset(self._pack("all", lr, hr), np.arange(len(lr))), lr
-        # train, all (no val/) and the seeded val share one pack of the root pairs.
+        # all (no val/), train and the carved splits share one pack of the root pairs.
         arrays = self._pack("pairs", lr, hr)
-        if split == "all" or (split == "train" and val_dir.is_dir()):
+        if split == "all":
             return PackedDataset(arrays, np.arange(len(lr))), lr
-        train_idx, val_idx = seeded_split(len(lr), self.val_fraction, self.split_seed)
-        idx = train_idx if split == "train" else val_idx
+        idx = self.partition(len(lr), self.split_seed)[split]
         return PackedDataset(arrays, idx), [lr[i] for i in idx]
 
     def batch_transform(self, batch: Any, train: bool) -> Any:

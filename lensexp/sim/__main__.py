@@ -42,7 +42,11 @@ def run(cfg: DictConfig) -> Path:
         raise LensexpError("out is required: the folder to write the dataset into (out=DIR).")
     if task == "classification":
         return make_classification_dataset(
-            cfg.out, cfg.n_per_class, val_fraction=cfg.val_fraction, **common
+            cfg.out,
+            cfg.n_per_class,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            **common,
         )
     return make_superres_dataset(cfg.out, cfg.n_pairs, **common)
 

@@ -38,21 +38,35 @@ class Item:
     split: str | None = None
 
 
-def is_val(index: int, val_fraction: float) -> bool:
-    """Whether image `index` of a class goes to val/: every (1/val_fraction)-th index.
-
-    The choice depends on the index alone, so asking for more images later keeps every
-    earlier file where it was; a class of n images has floor(n * val_fraction) in val/.
-    """
-    f = Fraction(val_fraction).limit_denominator(1_000_000)
+def _every(index: int, f: Fraction) -> bool:
+    """Whether `index` is one of the floor(n f) indices chosen among range(n), for every n:
+    those where floor((i+1) f) > floor(i f), every (1/f)-th one."""
     return (index + 1) * f // 1 > index * f // 1
 
 
-def classification_plan(n_per_class: int, val_fraction: float) -> list[Item]:
+def split_of(index: int, val_fraction: float, test_fraction: float) -> str:
+    """Where image `index` of a class goes: `train`, `val` or `test`.
+
+    Every (1/h)-th index is held out, h = val_fraction + test_fraction; of the held-out ones,
+    every (h/test_fraction)-th goes to test/ and the others to val/. The choice depends on the
+    index alone, so asking for more images later keeps every earlier file where it was. A class
+    of n images has floor(n h) held out, floor(floor(n h) test_fraction / h) of them in test/.
+    With test_fraction 0 this is the two-split layout (every (1/val_fraction)-th in val/).
+    """
+    val = Fraction(val_fraction).limit_denominator(1_000_000)
+    test = Fraction(test_fraction).limit_denominator(1_000_000)
+    held = val + test
+    if held == 0 or not _every(index, held):
+        return "train"
+    # h < 1, so floor(i h) grows by at most one per index: it counts the held-out ones before.
+    return "test" if _every(index * held // 1, test / held) else "val"
+
+
+def classification_plan(n_per_class: int, val_fraction: float, test_fraction: float) -> list[Item]:
     """All images of a classification dataset, classes interleaved so work chunks mix them."""
     items = []
     for i in range(n_per_class):
-        split = "val" if is_val(i, val_fraction) else "train"
+        split = split_of(i, val_fraction, test_fraction)
         for cls in CLASSES:
             items.append(Item(cls, i, (f"{split}/{cls}/{cls}_{i:06d}.npy",), split))
     return items
@@ -196,6 +210,7 @@ def _run(
     preset: str,
     seed: int,
     val_fraction: float | None,
+    test_fraction: float,
     num_workers: int,
     overwrite: bool,
     progress: bool,
@@ -211,12 +226,16 @@ def _run(
     out = Path(out).expanduser().absolute()
     cfg = load_preset(preset, overrides)
     sim = Simulator(cfg, task)
-    plan, sizes = _plan(sim, count, val_fraction)
+    plan, sizes = _plan(sim, count, val_fraction, test_fraction)
     # By image index, so each shard gets every class in equal measure (vort is the slowest).
     mine = [it for it in plan if it.index % num_shards == shard]
     state = {"format": STATE_FORMAT, "task": task, "seed": seed, "preset": cfg}
     if val_fraction is not None:
         state["val_fraction"] = val_fraction
+    # Only when there is a test split: a folder simulated before test/ existed holds exactly
+    # the files of test_fraction=0, and must resume as it is.
+    if test_fraction:
+        state["test_fraction"] = test_fraction
     writer.prepare_output(
         out,
         state,
@@ -261,12 +280,12 @@ def _check_counts(
 
 
 def _plan(
-    sim: Simulator, count: int, val_fraction: float | None
+    sim: Simulator, count: int, val_fraction: float | None, test_fraction: float
 ) -> tuple[list[Item], tuple[int, ...]]:
     """Every item of the dataset, and the byte size of a complete file for each of an item's."""
     hr_size = writer.npy_size(sim.hr_shape)
     if sim.task == "classification":
-        return classification_plan(count, val_fraction), (hr_size,)
+        return classification_plan(count, val_fraction, test_fraction), (hr_size,)
     plan = superres_plan(count, sim.cfg["superres"]["classes"])
     return plan, (hr_size, writer.npy_size(sim.lr_shape))
 
@@ -325,6 +344,7 @@ def make_classification_dataset(
     preset: str = "model_i",
     seed: int = 0,
     val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
     num_workers: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -332,21 +352,26 @@ def make_classification_dataset(
     shard: int = 0,
     num_shards: int = 1,
 ) -> Path:
-    """Simulate `OUT/{train,val}/{no,sphere,vort}/*.npy` (each (1, H, W) float32) + manifest.csv.
+    """Simulate `OUT/{train,val,test}/{no,sphere,vort}/*.npy` (each (1, H, W) float32) +
+    manifest.csv.
 
-    `n_per_class` images per class, floor(n_per_class * val_fraction) of them in val/.
-    Image i of a class depends only on (seed, class, i), so reruns resume (complete files are
-    skipped) and the bytes do not depend on `num_workers` (0 = all cores) or on sharding
-    (`shard` of `num_shards` makes the images with index % num_shards == shard). `overrides` changes preset
-    settings by key, e.g. `{"halo.e1": [-0.2, 0.2], "instrument.num_pix": 64}`.
+    `n_per_class` images per class: floor(n_per_class * (val_fraction + test_fraction)) held
+    out, half of them in test/ for equal fractions (see `split_of`), the rest in train/;
+    test_fraction=0 writes no test/. Image i of a class depends only on (seed, class, i), so
+    reruns resume (complete files are skipped) and the bytes do not depend on `num_workers`
+    (0 = all cores) or on sharding (`shard` of `num_shards` makes the images with
+    index % num_shards == shard). `overrides` changes preset settings by key, e.g.
+    `{"halo.e1": [-0.2, 0.2], "instrument.num_pix": 64}`.
     Returns the output folder; raises LensexpError on bad input.
     """
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, (int, float))
-        or not 0 <= val_fraction < 1
-    ):
-        raise LensexpError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise LensexpError(f"{name} must be a number in [0, 1), got {value!r}.")
+    if val_fraction + test_fraction >= 1:
+        raise LensexpError(
+            f"val_fraction={val_fraction} + test_fraction={test_fraction} must stay below 1, "
+            f"or train/ would be empty."
+        )
     return _run(
         "classification",
         out,
@@ -355,6 +380,7 @@ def make_classification_dataset(
         preset=preset,
         seed=seed,
         val_fraction=float(val_fraction),
+        test_fraction=float(test_fraction),
         num_workers=num_workers,
         overwrite=overwrite,
         progress=progress,
@@ -392,6 +418,7 @@ def make_superres_dataset(
         preset=preset,
         seed=seed,
         val_fraction=None,
+        test_fraction=0.0,
         num_workers=num_workers,
         overwrite=overwrite,
         progress=progress,

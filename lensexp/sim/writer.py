@@ -33,7 +33,7 @@ MANIFEST = "manifest.csv"
 
 # Final names the simulator writes, for both tasks (classification and super-resolution).
 _OWN_NPY = re.compile(
-    r"^(?:(?:train|val)/(?P<c>no|sphere|vort)/(?P=c)_\d{6,}|(?:HR|LR)/\d{6,})\.npy$"
+    r"^(?:(?:train|val|test)/(?P<c>no|sphere|vort)/(?P=c)_\d{6,}|(?:HR|LR)/\d{6,})\.npy$"
 )
 _TMP = re.compile(r"^(?P<dir>.*/)?\.(?P<name>[^/]+\.npy)\.[0-9a-f]+\.tmp$")
 
