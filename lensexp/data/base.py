@@ -247,7 +247,9 @@ class NpyDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            # A training batch of one image cannot train batch norm (PyTorch refuses it); that
+            # image, a different one each epoch, waits for the next epoch instead.
+            drop_last=shuffle and len(dataset) % self.batch_size == 1,
         )
 
     def train_dataloader(self) -> DataLoader:
