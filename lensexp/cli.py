@@ -49,9 +49,10 @@ def _no_tips(record: logging.LogRecord) -> bool:
     return "Tip:" not in record.getMessage()
 
 
-def route_library_logs() -> None:
+def route_library_output() -> None:
     """Send Lightning's log messages once, through Hydra's handlers (console and the job's log
-    file), without its advertising tips. Does nothing when Hydra has not configured logging."""
+    file), without its advertising tips or the deprecation warning its own code raises. Does
+    nothing when Hydra has not configured logging."""
     if not logging.getLogger().handlers:
         return
     for name in LIBRARY_LOGGERS:
@@ -63,7 +64,7 @@ def route_library_logs() -> None:
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _no_tips not in rank_zero.filters:
         rank_zero.addFilter(_no_tips)
-    # Lightning 2.6's own use of a torch API that torch 2.10+ deprecates; nothing a user can act on.
+    # Lightning 2.6's own use of a torch API that this torch deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 
 
@@ -82,7 +83,7 @@ def _user_error(err: BaseException) -> LensexpError | None:
 def run_reporting_errors(fn: Callable[[], Any]) -> Any:
     """Run `fn`; a LensexpError (bad input or config), also one raised inside Hydra's
     `instantiate`, becomes one line on stderr and exit 1."""
-    route_library_logs()
+    route_library_output()
     try:
         return fn()
     except Exception as err:
