@@ -229,6 +229,7 @@ def _check_substructure(cfg: dict) -> None:
     _number("sphere.slope", sph.get("slope"), allow_range=False)
     _number("sphere.r_min", sph.get("r_min"), nonneg=True, allow_range=False)
     _number("sphere.r_max", sph.get("r_max"), nonneg=True, allow_range=False)
+    _number("sphere.z_max", sph.get("z_max"), nonneg=True, allow_range=False)
     if sph["mass_min"] > sph["mass_max"] or sph["r_min"] > sph["r_max"]:
         raise LensexpError(
             "simulator settings: sphere.mass_min/r_min must not exceed mass_max/r_max."

@@ -93,7 +93,7 @@ def concentration(mass: np.ndarray, cfg: dict) -> np.ndarray:
 
 
 def tnfw_parameters(
-    mass: np.ndarray, r_host: np.ndarray, theta_E_host: float, cfg: dict
+    mass: np.ndarray, r_3d: np.ndarray, theta_E_host: float, cfg: dict
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """lenstronomy TNFW `(Rs, alpha_Rs, r_trunc)` (arcsec) of subhalos of mass M200 `mass`.
 
@@ -101,7 +101,7 @@ def tnfw_parameters(
     alpha_Rs is rescaled to the preset's distance convention so that point masses and tNFW
     subhalos share one Sigma_crit. The truncation radius is the tidal radius in an isothermal
     host, r_t = r (m / (2 M_host,3D(<r)))^(1/3) with M_host,3D(<r) = 2 Sigma_crit theta_E r,
-    taking the projected distance `r_host` for r (the smallest, so the strongest truncation).
+    for subhalos at 3D distance `r_3d` (arcsec at the lens) from the host centre.
     """
     c = cfg["cosmology"]
     lens_cosmo = _lens_cosmo(
@@ -115,7 +115,7 @@ def tnfw_parameters(
     rs, alpha_rs = lens_cosmo.nfw_physical2angle(mass, concentration(mass, cfg))
     sigma = sigma_crit(cfg)
     alpha_rs = np.asarray(alpha_rs) * float(lens_cosmo.sigma_crit_angle) / sigma
-    r = np.maximum(np.asarray(r_host, dtype=float), 1e-3)
+    r = np.maximum(np.asarray(r_3d, dtype=float), 1e-3)
     r_trunc = r * (mass / (4.0 * sigma * theta_E_host * r)) ** (1.0 / 3.0)
     return np.asarray(rs, dtype=float), alpha_rs, r_trunc
 
@@ -346,7 +346,12 @@ def sample_substructure(
             "sphere", s["profile"], x=cx + r * np.sin(phi), y=cy + r * np.cos(phi), mass=mass
         )
         if s["profile"] == "tnfw":
-            sub.Rs, sub.alpha_Rs, sub.r_trunc = tnfw_parameters(mass, r, theta_E_host, cfg)
+            # Along the line of sight a subhalo sits uniformly within z_max of the lens plane;
+            # its 3D distance sets the tidal truncation.
+            z = rng.uniform(-s["z_max"], s["z_max"], size=n)
+            sub.Rs, sub.alpha_Rs, sub.r_trunc = tnfw_parameters(
+                mass, np.hypot(r, z), theta_E_host, cfg
+            )
         else:
             sub.theta_E = np.asarray(einstein_radius(mass, cfg))
         return sub
