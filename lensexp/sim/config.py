@@ -26,7 +26,21 @@ from lensexp.errors import LensexpError
 PRESET_DIR = Path(lensexp.__file__).resolve().parent.parent / "conf" / "sim" / "presets"
 
 # Sections every preset must have after its `base` is merged in.
-PHYSICS_SECTIONS = ("cosmology", "halo", "shear", "source", "sphere", "vort", "instrument")
+PHYSICS_SECTIONS = (
+    "cosmology",
+    "halo",
+    "shear",
+    "source",
+    "lens_light",
+    "substructure",
+    "sphere",
+    "vort",
+    "instrument",
+)
+# cosmology.distances: the distances converting a mass to an Einstein radius.
+DISTANCES = ("angular_diameter", "luminosity")
+# sphere.profile: the subhalos' mass profile.
+PROFILES = ("point_mass", "tnfw")
 # Keys under these paths are free-form (passed to lenstronomy), so overrides may add new ones.
 OPEN_SECTIONS = ("instrument.settings", "superres.lr_instrument.settings")
 
@@ -166,6 +180,7 @@ def _check_cosmology(cfg: dict) -> None:
     for key in ("H0", "Om0"):
         _number(f"cosmology.{key}", cosmo.get(key), positive=True, allow_range=False)
     _number("cosmology.Ob0", cosmo.get("Ob0", 0.0), nonneg=True, allow_range=False)
+    _choice("cosmology.distances", cosmo.get("distances"), DISTANCES)
     _number("z_lens", cfg.get("z_lens"), positive=True, allow_range=False)
     _number("z_source", cfg.get("z_source"), positive=True, allow_range=False)
     if cfg["z_source"] <= cfg["z_lens"]:
@@ -181,29 +196,40 @@ def _check_lens_and_source(cfg: dict) -> None:
         _number(f"halo.{key}", halo.get(key))
     for key in ("gamma1", "gamma2"):
         _number(f"shear.{key}", cfg["shear"].get(key))
-    src = cfg["source"]
-    if (src.get("amp") is None) == (src.get("magnitude") is None):
-        raise LensexpError(
-            "simulator settings: set exactly one of source.amp and source.magnitude."
-        )
-    if src.get("amp") is not None:
-        _number("source.amp", src["amp"], positive=True)
-    if src.get("magnitude") is not None:
-        _number("source.magnitude", src["magnitude"])
-    _number("source.R_sersic", src.get("R_sersic"), positive=True)
-    _number("source.n_sersic", src.get("n_sersic"), positive=True)
+    _check_light(cfg["source"], "source")
     for key in ("e1", "e2", "center_x", "center_y"):
-        _number(f"source.{key}", src.get(key))
+        _number(f"source.{key}", cfg["source"].get(key))
+    light = cfg["lens_light"]
+    _flag("lens_light.enabled", light.get("enabled"))
+    if light["enabled"]:
+        _check_light(light, "lens_light")
+
+
+def _check_light(section: dict, where: str) -> None:
+    """A Sersic light section: exactly one of amp and magnitude, R_sersic and n_sersic."""
+    if (section.get("amp") is None) == (section.get("magnitude") is None):
+        raise LensexpError(
+            f"simulator settings: set exactly one of {where}.amp and {where}.magnitude."
+        )
+    if section.get("amp") is not None:
+        _number(f"{where}.amp", section["amp"], positive=True)
+    if section.get("magnitude") is not None:
+        _number(f"{where}.magnitude", section["magnitude"])
+    _number(f"{where}.R_sersic", section.get("R_sersic"), positive=True)
+    _number(f"{where}.n_sersic", section.get("n_sersic"), positive=True)
 
 
 def _check_substructure(cfg: dict) -> None:
+    _flag("substructure.compensate", cfg["substructure"].get("compensate"))
     sph = cfg["sphere"]
+    _choice("sphere.profile", sph.get("profile"), PROFILES)
     _integer("sphere.n_subhalos", sph.get("n_subhalos"), 0)
     _number("sphere.mass_min", sph.get("mass_min"), positive=True, allow_range=False)
     _number("sphere.mass_max", sph.get("mass_max"), positive=True, allow_range=False)
     _number("sphere.slope", sph.get("slope"), allow_range=False)
     _number("sphere.r_min", sph.get("r_min"), nonneg=True, allow_range=False)
     _number("sphere.r_max", sph.get("r_max"), nonneg=True, allow_range=False)
+    _number("sphere.z_max", sph.get("z_max"), nonneg=True, allow_range=False)
     if sph["mass_min"] > sph["mass_max"] or sph["r_min"] > sph["r_max"]:
         raise LensexpError(
             "simulator settings: sphere.mass_min/r_min must not exceed mass_max/r_max."
@@ -218,8 +244,13 @@ def _check_substructure(cfg: dict) -> None:
 
 
 def _check_magnitude_cameras(cfg: dict) -> None:
-    """A source magnitude needs a zero point: every camera that renders it is an observation."""
-    if cfg["source"].get("magnitude") is None:
+    """A magnitude needs a zero point: every camera that renders one is an observation."""
+    light = cfg["lens_light"]
+    if cfg["source"].get("magnitude") is not None:
+        what = "source"
+    elif light["enabled"] and light.get("magnitude") is not None:
+        what = "lens_light"
+    else:
         return
     cameras = [("instrument", cfg["instrument"])]
     if cfg.get("superres", {}).get("degradation") == "render":
@@ -227,8 +258,8 @@ def _check_magnitude_cameras(cfg: dict) -> None:
     for where, inst in cameras:
         if inst["type"] == "simple":
             raise LensexpError(
-                f"source.magnitude needs {where}.type=observation (a zero point); "
-                "use source.amp with a simple instrument."
+                f"{what}.magnitude needs {where}.type=observation (a zero point); "
+                f"use {what}.amp with a simple instrument."
             )
 
 
@@ -329,6 +360,18 @@ def _number(
             raise LensexpError(f"simulator setting '{key}' = {value!r}: must be >= 0.")
     if is_range(value) and value[0] > value[1]:
         raise LensexpError(f"simulator setting '{key}' = {value!r}: low is above high.")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise LensexpError(
+            f"simulator setting '{key}' = {value!r}: expected one of {', '.join(choices)}."
+        )
+
+
+def _flag(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise LensexpError(f"simulator setting '{key}' = {value!r}: expected true or false.")
 
 
 def _integer(key: str, value: Any, minimum: int) -> None:

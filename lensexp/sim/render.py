@@ -104,6 +104,7 @@ class Camera:
                 self._psf,
                 lens_model_class=LensModel(list(lens_models)),
                 source_model_class=self._source_model,
+                lens_light_model_class=self._source_model,
                 kwargs_numerics={"supersampling_factor": ss, "supersampling_convolution": False},
             )
             self._models[lens_models] = model
@@ -126,25 +127,31 @@ class Camera:
             "background_rms": float(self._band.background_noise),
         }
 
-    def source_kwargs(self, kwargs_source: dict) -> dict:
+    def source_kwargs(self, kwargs_source: dict, what: str = "source") -> dict:
         """lenstronomy Sersic kwargs, converting an apparent magnitude to an amplitude."""
         kw = dict(kwargs_source)
         magnitude = kw.pop("magnitude", None)
         if magnitude is not None:
             if self._band is None:
                 raise LensexpError(
-                    f"source.magnitude needs {self.where}.type=observation (a zero point); "
-                    "use source.amp with a simple instrument."
+                    f"{what}.magnitude needs {self.where}.type=observation (a zero point); "
+                    f"use {what}.amp with a simple instrument."
                 )
             norm = self._source_model.total_flux([dict(kw, amp=1.0)], norm=True, k=0)[0]
             kw["amp"] = float(self._band.magnitude2cps(magnitude) / norm)
         return kw
 
     def model_image(self, system: LensSystem) -> np.ndarray:
-        """Noise-free image (flux per pixel) of `system`."""
+        """Noise-free image (flux per pixel) of `system`: lensed source plus any lens light."""
         model = self._image_model(system.lens_models())
+        light = system.kwargs_lens_light
         return np.asarray(
-            model.image(system.lens_kwargs(), [self.source_kwargs(system.kwargs_source)]),
+            model.image(
+                system.lens_kwargs(),
+                [self.source_kwargs(system.kwargs_source)],
+                kwargs_lens_light=[self.source_kwargs(light, "lens_light")] if light else None,
+                lens_light_add=light is not None,
+            ),
             dtype=np.float64,
         )
 

@@ -39,8 +39,8 @@ class Simulator:
             )
         if task == "classification" and has_sr:
             raise LensexpError(
-                f"preset '{cfg['name']}' is a super-resolution preset; use model_i, model_ii or "
-                "model_iii for classification."
+                f"preset '{cfg['name']}' is a super-resolution preset; use a classification "
+                "preset (model_i, model_i_varied, model_i_tnfw, model_ii or model_iii)."
             )
         self.cfg = cfg
         self.task = task
