@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -450,6 +451,44 @@ def test_foreign_files_and_changed_settings(tmp_path):
     make_classification_dataset(clean, 2, seed=1, overwrite=True, **kw)
     assert len(_files(clean)) == 6 and _manifest(clean)[0]["seed"] == "1"
 
+
+
+def test_dataset_made_before_new_settings_still_matches_when_they_keep_old_behaviour(tmp_path):
+    """A folder whose recorded preset predates cosmology.distances, substructure, sphere.profile
+    and z_max, and lens_light (as datasets made before issue #11) is the same dataset for a
+    preset that keeps those settings at what older datasets were made with."""
+    import json
+
+    kw = dict(overrides=SMALL, progress=False, num_workers=1)
+    out = make_classification_dataset(tmp_path / "old", 2, **kw)
+    state_path = out / ".sim" / "state.json"
+    state = json.loads(state_path.read_text())
+    preset = state["preset"]
+    del preset["cosmology"]["distances"], preset["substructure"], preset["lens_light"]
+    del preset["sphere"]["profile"], preset["sphere"]["z_max"]
+    state_path.write_text(json.dumps(state))
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")}
+
+    make_classification_dataset(out, 2, **kw)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")} == mtimes  # none rendered again
+    assert "distances" in json.loads(state_path.read_text())["preset"]["cosmology"]
+
+    state_path.write_text(json.dumps(state))
+    for key, value, shown in [
+        ("substructure.compensate", True, "substructure.compensate: None then, True now"),
+        ("sphere.profile", "tnfw", "sphere.profile: None then, 'tnfw' now"),
+        ("cosmology.distances", "luminosity", "cosmology.distances: None then"),
+        ("lens_light.enabled", True, "lens_light"),
+    ]:
+        _one_line_error(
+            make_classification_dataset,
+            out,
+            2,
+            match=re.escape(shown),
+            overrides={**SMALL, key: value},
+            progress=False,
+            num_workers=1,
+        )
 
 # ----------------------------------------------------------------------------- command line
 

@@ -45,6 +45,42 @@ PROFILES = ("point_mass", "tnfw")
 OPEN_SECTIONS = ("instrument.settings", "superres.lr_instrument.settings")
 
 
+# Settings added after datasets were first written, with the value every older dataset was
+# made with: an older folder still matches a preset that keeps these values.
+OLDER_DATASETS_IMPLY = {
+    ("cosmology", "distances"): "angular_diameter",
+    ("substructure", "compensate"): False,
+    ("sphere", "profile"): "point_mass",
+    ("lens_light", "enabled"): False,
+}
+# Settings that only act when another one is on, as (section, key, what turns it on).
+_INERT_UNLESS = {
+    ("lens_light", None): ("lens_light", "enabled", True),
+    ("sphere", "z_max"): ("sphere", "profile", "tnfw"),
+}
+
+
+def with_older_defaults(old: dict, new: dict) -> dict:
+    """`old`, a preset recorded with an older dataset, completed with the settings it implied.
+
+    A setting `old` lacks is taken from `new` when `new` keeps the value older datasets were
+    made with (`OLDER_DATASETS_IMPLY`), or when it is inert in `new`; otherwise it stays missing,
+    so the two presets differ and the folder is re-simulated or refused.
+    """
+    done = {k: dict(v) if isinstance(v, dict) else v for k, v in old.items()}
+    for (section, key), implied in OLDER_DATASETS_IMPLY.items():
+        if key not in done.get(section, {}) and new.get(section, {}).get(key) == implied:
+            done.setdefault(section, {})[key] = implied
+    for (section, key), (on_section, on_key, on_value) in _INERT_UNLESS.items():
+        if new.get(on_section, {}).get(on_key) == on_value or section not in new:
+            continue
+        if key is None:
+            done[section] = {**new[section], **done.get(section, {})}
+        elif key not in done.get(section, {}) and key in new[section]:
+            done.setdefault(section, {})[key] = new[section][key]
+    return done
+
+
 def available_presets() -> list[str]:
     """Names of the presets shipped in conf/sim/presets."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))

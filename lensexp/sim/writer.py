@@ -26,6 +26,7 @@ import numpy as np
 
 from lensexp.checks import flatten
 from lensexp.errors import LensexpError
+from lensexp.sim.config import with_older_defaults
 
 STATE_DIR = ".sim"
 STATE_FILE = "state.json"
@@ -97,6 +98,13 @@ def _first_difference(old: dict, new: dict) -> str:
     return "unknown"
 
 
+def _comparable(old: dict, new: dict) -> dict:
+    """`old` with the preset settings its dataset implied (settings added since it was made)."""
+    if isinstance(old.get("preset"), dict) and isinstance(new.get("preset"), dict):
+        return {**old, "preset": with_older_defaults(old["preset"], new["preset"])}
+    return old
+
+
 def read_state(out: Path) -> dict | None:
     """The settings recorded by an earlier run in `out`, or None."""
     try:
@@ -159,12 +167,12 @@ def prepare_output(
         )
     own_npy = [f for f in files if has_state and _OWN_NPY.match(f)]
     surplus = [f for f in own_npy if f not in planned]
-    changed = has_state and old != state
+    changed = has_state and _comparable(old, state) != state
     if not overwrite:
         if changed:
             raise LensexpError(
                 f"output folder {out} holds a simulated dataset made with other settings "
-                f"({_first_difference(old, state)}); choose another folder or pass overwrite=true."
+                f"({_first_difference(_comparable(old, state), state)}); choose another folder or pass overwrite=true."
             )
         if surplus:
             raise LensexpError(
