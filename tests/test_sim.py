@@ -452,7 +452,6 @@ def test_foreign_files_and_changed_settings(tmp_path):
     assert len(_files(clean)) == 6 and _manifest(clean)[0]["seed"] == "1"
 
 
-
 def test_dataset_made_before_new_settings_still_matches_when_they_keep_old_behaviour(tmp_path):
     """A folder whose recorded preset predates cosmology.distances, substructure, sphere.profile
     and z_max, and lens_light (as datasets made before issue #11) is the same dataset for a
@@ -489,6 +488,7 @@ def test_dataset_made_before_new_settings_still_matches_when_they_keep_old_behav
             progress=False,
             num_workers=1,
         )
+
 
 # ----------------------------------------------------------------------------- command line
 
