@@ -178,15 +178,27 @@ def _figures(samples: dict, stats: dict, accuracy: dict, network: dict) -> None:
             for s in presets
         )
     ]
-    fig, axes = plt.subplots(1, len(shown), figsize=(2.4 * len(shown), 2.4), squeeze=False)
-    for ax, name in zip(axes[0], shown, strict=True):
+    ncols = 5
+    nrows = -(-len(shown) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.3 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, shown, strict=False):
         for preset in presets:
-            values = [row[name] for row in samples[preset][2] if row.get(name) is not None]
-            if len(set(values)) > 1:
+            values = np.array(
+                [row[name] for row in samples[preset][2] if row.get(name) is not None], dtype=float
+            )
+            if name == "subhalo_mass_total":  # zero for `no`; masses span decades
+                values = np.log10(values[values > 0])
+            if len(set(values.tolist())) > 1:
                 ax.hist(values, bins=30, histtype="step", label=preset)
-        ax.set_title(name, fontsize=8)
+            elif values.size:
+                ax.axvline(values[0], color=f"C{presets.index(preset)}", label=preset)
+        title = "log10 subhalo_mass_total (Msun)" if name == "subhalo_mass_total" else name
+        ax.set_title(title, fontsize=8)
         ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
     axes[0, 0].legend(fontsize=6)
+    fig.suptitle("drawn parameters (a vertical line: fixed in that preset)", fontsize=9)
     fig.tight_layout()
     fig.savefig(FIGURES / "sim_parameters.png", dpi=80)
     plt.close(fig)
