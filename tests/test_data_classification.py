@@ -662,8 +662,17 @@ def test_public_model_i_layout_trains_through_train_py(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(run / "best_val" / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["path", "label", "prediction", "p_no_sub", "p_cdm", "p_axion"]
+    assert list(rows[0]) == [
+        "path", "label", "prediction", "p_no_sub", "p_cdm", "p_axion", "axion_mass"
+    ]  # fmt: skip
     assert {row["label"] for row in rows} == set(PUBLIC_CLASSES)
+    # The helper's axion files hold 10**-(22 + i % 3) eV; the other classes have no mass.
+    for row in rows:
+        if row["label"] == "axion":
+            i = int(Path(row["path"]).stem.rsplit("_", 1)[1])
+            assert float(row["axion_mass"]) == pytest.approx(10.0 ** -(22.0 + i % 3), rel=1e-5)
+        else:
+            assert row["axion_mass"] == ""
     metrics = json.loads((run / "best_val" / "metrics.json").read_text())
     assert list(metrics["auc_per_class"]) == list(PUBLIC_CLASSES)
 
