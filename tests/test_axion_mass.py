@@ -121,6 +121,11 @@ def test_regression_targets_and_missing_mass(tmp_path: Path):
             assert target.dtype == np.float32
             expected = math.log10(masses[path.relative_to(root).as_posix()])
             assert float(target) == pytest.approx(expected, abs=1e-5)
+    # split=all: every vort image under the root; the `no` folders are left out.
+    every = AxionMassDataModule(root=str(root), classes=["vort"], cache_dir=str(tmp_path / "c"),
+                                predict_split="all")  # fmt: skip
+    every.setup("predict")
+    assert sorted(f.relative_to(root).as_posix() for f in every.files["all"]) == sorted(masses)
     # The `no` folder has no masses: one line naming a file and the remedy.
     dm = AxionMassDataModule(root=str(root), classes=["no", "vort"],
                              cache_dir=str(tmp_path / "c"), test_fraction=0)  # fmt: skip

@@ -33,6 +33,8 @@ class LensClassificationDataModule(NpyDataModule):
 
     task = "classification"
     pool_name = "train/"
+    # split=all: images in folders that are not classes are refused (False) or left out (True).
+    skip_other_folders = False
 
     def __init__(
         self,
@@ -132,7 +134,9 @@ class LensClassificationDataModule(NpyDataModule):
             )
             files = [f for f in files if f not in outside]
         unknown = [f for f in files if f.parent.name not in index]
-        if unknown:
+        if unknown and self.skip_other_folders:
+            files = [f for f in files if f.parent.name in index]
+        elif unknown:
             raise LensexpError(
                 f"{unknown[0]}: its folder {unknown[0].parent.name!r} is not a class "
                 f"({', '.join(self.classes)}); set data.classes or move the file."

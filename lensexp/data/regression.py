@@ -25,6 +25,8 @@ class AxionMassDataModule(LensClassificationDataModule):
 
     task = "regression"
     pool_name = "train/"
+    # split=all: the other classes' folders hold no masses to regress; they are left out.
+    skip_other_folders = True
 
     def layout_help(self) -> str:
         return (
