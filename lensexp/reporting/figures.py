@@ -201,7 +201,7 @@ def physics_figure(rows: Sequence[dict[str, Any]]) -> Figure:
         ax.set_title(f"{mine[0]['population']} images", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("per bin")
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="best", fontsize=8)
     return fig
 
 
