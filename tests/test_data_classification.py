@@ -697,3 +697,18 @@ def test_simulated_64_pixel_presets_train_with_the_default_data_config(tmp_path,
     train(cfg)
     packs = sorted((tmp_path / "data" / ".cache").rglob("train-*.npy"))
     assert len(packs) == 1 and np.load(packs[0], mmap_mode="r").shape[1:] == (1, 64, 64)
+    # The simulator's manifest reaches the report: each vort image's axion mass, and the
+    # metrics against the physics.
+    root, report = Path(cfg.data.default_root), Path(cfg.paths.output_dir) / "best_val"
+    with open(root / "manifest.csv", newline="") as fh:
+        truth = {row["file"]: row["axion_mass"] for row in csv.DictReader(fh)}
+    with open(report / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {row["label"] for row in rows} == {"no", "sphere", "vort"}
+    for row in rows:
+        expected = truth[Path(row["path"]).relative_to(root).as_posix()]
+        if row["label"] == "vort":
+            assert float(row["axion_mass"]) == pytest.approx(float(expected), rel=1e-5)
+        else:
+            assert row["axion_mass"] == expected == ""
+    assert (report / "physics.csv").is_file() and (report / "physics.png").is_file()
