@@ -79,7 +79,9 @@ def _image_and_mass_of_object_array(
         and isinstance(items[1], int | float | np.number)
     )
     if axion_layout:
-        return items[0], float(items[1])
+        # A complex "mass" is no mass: kept as unknown rather than cut to its real part.
+        real = isinstance(items[1], int | float | np.integer | np.floating)
+        return items[0], float(items[1]) if real else math.nan
     if allow_pickle:
         first = next((x for x in items if isinstance(x, np.ndarray)), None)
         if first is not None:
