@@ -36,7 +36,9 @@ def evaluate_module(
     datamodule.setup("predict")
     module.keep_outputs = save_outputs
     outputs = trainer.predict(module, datamodule=datamodule, return_predictions=True)
-    return module.write_report(outputs, datamodule.files[split], Path(out_dir))
+    return module.write_report(
+        outputs, datamodule.files[split], Path(out_dir), metadata=datamodule.metadata(split)
+    )
 
 
 def load_weights(module: L.LightningModule, checkpoint: dict[str, Any], path: str) -> None:

@@ -286,7 +286,7 @@ def test_dropout_sets_the_head_dropout() -> None:
         ({"backbone": "vgg16"}, r"model\.backbone=vgg16.*mobilenet_v3_large\|.*efficientnet_b0"),
         ({"input_adapter": "stack"}, r"model\.input_adapter=stack.*repeat\|first_conv"),
         ({"normalize": "per_image"}, r"model\.normalize=per_image.*auto\|imagenet\|none"),
-        ({"num_classes": 1}, r"model\.num_classes=1: must be an integer >= 2"),
+        ({"num_classes": 0}, r"model\.num_classes=0: must be an integer >= 1"),
         ({"in_channels": 2}, r"model\.input_adapter=repeat.*first_conv"),
         ({"dropout": 1.5}, r"model\.dropout=1\.5"),
         ({"bn_momentum": 0.0}, r"model\.bn_momentum=0\.0"),

@@ -662,8 +662,17 @@ def test_public_model_i_layout_trains_through_train_py(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(run / "best_val" / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["path", "label", "prediction", "p_no_sub", "p_cdm", "p_axion"]
+    assert list(rows[0]) == [
+        "path", "label", "prediction", "p_no_sub", "p_cdm", "p_axion", "axion_mass"
+    ]  # fmt: skip
     assert {row["label"] for row in rows} == set(PUBLIC_CLASSES)
+    # The helper's axion files hold 10**-(22 + i % 3) eV; the other classes have no mass.
+    for row in rows:
+        if row["label"] == "axion":
+            i = int(Path(row["path"]).stem.rsplit("_", 1)[1])
+            assert float(row["axion_mass"]) == pytest.approx(10.0 ** -(22.0 + i % 3), rel=1e-5)
+        else:
+            assert row["axion_mass"] == ""
     metrics = json.loads((run / "best_val" / "metrics.json").read_text())
     assert list(metrics["auc_per_class"]) == list(PUBLIC_CLASSES)
 
@@ -688,3 +697,18 @@ def test_simulated_64_pixel_presets_train_with_the_default_data_config(tmp_path,
     train(cfg)
     packs = sorted((tmp_path / "data" / ".cache").rglob("train-*.npy"))
     assert len(packs) == 1 and np.load(packs[0], mmap_mode="r").shape[1:] == (1, 64, 64)
+    # The simulator's manifest reaches the report: each vort image's axion mass, and the
+    # metrics against the physics.
+    root, report = Path(cfg.data.default_root), Path(cfg.paths.output_dir) / "best_val"
+    with open(root / "manifest.csv", newline="") as fh:
+        truth = {row["file"]: row["axion_mass"] for row in csv.DictReader(fh)}
+    with open(report / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {row["label"] for row in rows} == {"no", "sphere", "vort"}
+    for row in rows:
+        expected = truth[Path(row["path"]).relative_to(root).as_posix()]
+        if row["label"] == "vort":
+            assert float(row["axion_mass"]) == pytest.approx(float(expected), rel=1e-5)
+        else:
+            assert row["axion_mass"] == expected == ""
+    assert (report / "physics.csv").is_file() and (report / "physics.png").is_file()

@@ -174,9 +174,9 @@ def test_write_metrics_files(tmp_path):
 def test_write_predictions_csv(tmp_path):
     path = write_predictions_csv(tmp_path / "p.csv", FILES, TARGET, PROBS, NAMES)
     lines = path.read_text().splitlines()
-    assert lines[0] == "path,label,prediction,p_no_sub,p_sphere,p_vort"
-    assert lines[2] == "data/test/img_1.npy,no_sub,sphere,0.400000,0.500000,0.100000"
-    assert lines[6] == "data/test/img_5.npy,vort,no_sub,0.500000,0.100000,0.400000"
+    assert lines[0] == "path,label,prediction,p_no_sub,p_sphere,p_vort,axion_mass"
+    assert lines[2] == "data/test/img_1.npy,no_sub,sphere,0.400000,0.500000,0.100000,"
+    assert lines[6] == "data/test/img_5.npy,vort,no_sub,0.500000,0.100000,0.400000,"
     assert len(lines) == 7
     with pytest.raises(ValueError, match="files"):
         write_predictions_csv(tmp_path / "q.csv", FILES[:5], TARGET, PROBS, NAMES)
@@ -231,6 +231,7 @@ def test_write_classification_report(tmp_path):
         "p_no_sub": "0.100000",
         "p_sphere": "0.200000",
         "p_vort": "0.700000",
+        "axion_mass": "",
     }
 
 

@@ -222,7 +222,9 @@ def test_evaluate_a_checkpoint_with_nothing_else(classification_root: Path, tmp_
         rows = list(csv.DictReader(fh))
     with open(tmp_path / "train" / "out" / "best_test" / "predictions.csv") as fh:
         assert [row["path"] for row in rows] == [row["path"] for row in csv.DictReader(fh)]
-    assert list(rows[0]) == ["path", "label", "prediction", "p_no", "p_sphere", "p_vort"]
+    assert list(rows[0]) == [
+        "path", "label", "prediction", "p_no", "p_sphere", "p_vort", "axion_mass"
+    ]  # fmt: skip
     for name in ("metrics.md", "confusion_matrix.png", "roc_curve.png"):
         assert (out / name).is_file()
 

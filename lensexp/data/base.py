@@ -153,6 +153,11 @@ class NpyDataModule(L.LightningDataModule):
         """Augment or resize a batch on its device; identity by default."""
         return batch
 
+    def metadata(self, split: str) -> Any:
+        """What is known of each file of `split` beyond its label, for the evaluation report
+        (a `lensexp.data.manifest.FileMetadata`); None by default."""
+        return None
+
     @property
     def channels(self) -> int:  # pragma: no cover - overridden
         """The number of bands of every image (read from the files, before `setup`)."""

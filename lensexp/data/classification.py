@@ -10,8 +10,9 @@ import numpy as np
 
 from lensexp.checks import check_int
 from lensexp.data.base import NpyDataModule
-from lensexp.data.cache import packed_array
+from lensexp.data.cache import pack_masses, packed_array
 from lensexp.data.datasets import PackedDataset
+from lensexp.data.manifest import FileMetadata, manifest_columns, read_manifest
 from lensexp.data.npy import inside, list_npy, read_image
 from lensexp.data.transforms import ClassificationTransform
 from lensexp.errors import LensexpError
@@ -32,6 +33,8 @@ class LensClassificationDataModule(NpyDataModule):
 
     task = "classification"
     pool_name = "train/"
+    # split=all: images in folders that are not classes are refused (False) or left out (True).
+    skip_other_folders = False
 
     def __init__(
         self,
@@ -56,6 +59,8 @@ class LensClassificationDataModule(NpyDataModule):
         self._shape: tuple[int, int, int] | None = None
         self._listed: dict[Path, tuple[list[Path], np.ndarray]] = {}
         self._first: Path | None = None
+        self._manifest: dict[str, dict[str, float]] | None = None
+        self._manifest_read = False
 
     def layout_help(self) -> str:
         return (
@@ -129,7 +134,9 @@ class LensClassificationDataModule(NpyDataModule):
             )
             files = [f for f in files if f not in outside]
         unknown = [f for f in files if f.parent.name not in index]
-        if unknown:
+        if unknown and self.skip_other_folders:
+            files = [f for f in files if f.parent.name in index]
+        elif unknown:
             raise LensexpError(
                 f"{unknown[0]}: its folder {unknown[0].parent.name!r} is not a class "
                 f"({', '.join(self.classes)}); set data.classes or move the file."
@@ -220,6 +227,28 @@ class LensClassificationDataModule(NpyDataModule):
         """Labels of `split` in item order."""
         ds = self.datasets[split]
         return ds.labels[ds.indices]
+
+    def manifest(self) -> dict[str, dict[str, float]] | None:
+        """The root's `manifest.csv` rows by file (see `lensexp.data.manifest`), read once."""
+        if not self._manifest_read:
+            self._manifest, self._manifest_read = read_manifest(self.root), True
+        return self._manifest
+
+    def metadata(self, split: str) -> FileMetadata:
+        """The axion mass and manifest physics of `split`'s items (after `setup`), in order."""
+        return self.file_metadata(self.datasets[split], self.files[split])
+
+    def file_metadata(self, dataset: PackedDataset, files: list[Path]) -> FileMetadata:
+        """The axion mass and manifest physics of `dataset`'s items (`files`, in order).
+
+        The mass is the one an `[image, mass]` file holds, else the manifest's `axion_mass`.
+        """
+        masses = pack_masses(dataset.arrays[0])[dataset.indices]
+        manifest = self.manifest()
+        columns = None if manifest is None else manifest_columns(manifest, self.root, files)
+        if columns is not None and "axion_mass" in columns:
+            masses = np.where(np.isnan(masses), columns["axion_mass"], masses)
+        return FileMetadata(masses, columns)
 
     def state_for_model(self) -> dict[str, Any]:
         """What the model needs to know about the data: the class names and the bands."""

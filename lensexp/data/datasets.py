@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 class PackedDataset(Dataset):
     """Rows `indices` of one or more aligned packed arrays (N, C, H, W), plus optional labels.
 
-    An item is `(array_0[i], array_1[i], ..., label)` with each image as a (C, H, W) tensor;
+    An item is `(array_0[i], array_1[i], ..., label)` with each image as a (C, H, W) tensor and
+    `labels` one per packed row: integer class indices (int64) or regression targets (float32);
     several arrays give aligned pairs (LR, HR). Arrays are memory-mapped lazily in each process,
     so a DataLoader worker never receives or copies the images themselves.
     """
@@ -26,7 +27,10 @@ class PackedDataset(Dataset):
     ) -> None:
         self.arrays = [Path(a) for a in arrays]
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        if labels is not None:
+            labels = np.asarray(labels)
+            labels = labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64)
+        self.labels = labels
         self._maps: list[np.ndarray] | None = None
 
     def __getstate__(self) -> dict:
@@ -57,6 +61,7 @@ class PackedDataset(Dataset):
         for k in range(len(rows)):
             item = tuple(b[k] for b in blocks)
             if self.labels is not None:
-                item = (*item, int(self.labels[rows[k]]))
+                # A numpy scalar: batches collate to an int64 or float32 tensor.
+                item = (*item, self.labels[rows[k]])
             items.append(item)
         return items

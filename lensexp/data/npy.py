@@ -9,6 +9,7 @@ cannot run code, whatever `data.allow_pickle` says.
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -66,9 +67,11 @@ def _object_array(fh: BinaryIO, path: Path) -> np.ndarray | None:
     return arr
 
 
-def _image_of_object_array(arr: np.ndarray, path: Path, allow_pickle: bool) -> np.ndarray:
-    """The image of a Model I-IV `[image, axion_mass]` object array; with `allow_pickle`, the
-    first array element of any other object array."""
+def _image_and_mass_of_object_array(
+    arr: np.ndarray, path: Path, allow_pickle: bool
+) -> tuple[np.ndarray, float]:
+    """The image and axion mass (eV) of a Model I-IV `[image, axion_mass]` object array; with
+    `allow_pickle`, the first array element of any other object array and a NaN mass."""
     items = list(arr.flat)
     axion_layout = (
         len(items) == 2
@@ -76,11 +79,13 @@ def _image_of_object_array(arr: np.ndarray, path: Path, allow_pickle: bool) -> n
         and isinstance(items[1], int | float | np.number)
     )
     if axion_layout:
-        return items[0]
+        # A complex "mass" is no mass: kept as unknown rather than cut to its real part.
+        real = isinstance(items[1], int | float | np.integer | np.floating)
+        return items[0], float(items[1]) if real else math.nan
     if allow_pickle:
         first = next((x for x in items if isinstance(x, np.ndarray)), None)
         if first is not None:
-            return first
+            return first, math.nan
     found = ", ".join(type(x).__name__ for x in items[:4]) or "nothing"
     raise LensexpError(
         f"{path}: object array holding [{found}]; lensexp reads [image, axion_mass] (Model I-IV)"
@@ -119,7 +124,13 @@ def band_axis(shape: tuple[int, ...], path: Path) -> int | None:
 
 
 def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
-    """Load one image as a float32 (C, H, W) array, or raise a LensexpError naming the file.
+    """Load one image as a float32 (C, H, W) array (see `read_image_and_mass`)."""
+    return read_image_and_mass(path, allow_pickle)[0]
+
+
+def read_image_and_mass(path: Path, allow_pickle: bool = False) -> tuple[np.ndarray, float]:
+    """Load one image as a float32 (C, H, W) array and its axion mass in eV (NaN for a file
+    without one), or raise a LensexpError naming the file.
 
     Accepts (H, W) (one band), (C, H, W) and (H, W, C) arrays (see `band_axis`) of any numeric
     dtype, and the Model I-IV object arrays `[image, axion_mass]` (read without running code;
@@ -133,7 +144,7 @@ def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
     if magic != NPY_MAGIC and not magic.startswith(b"PK"):
         # np.load takes any other bytes for a pickle: it would advise allow_pickle, then fail.
         raise LensexpError(f"{path}: not a .npy file (empty, or no NumPy header).")
-    arr = None
+    arr, mass = None, math.nan
     if magic == NPY_MAGIC:
         try:
             with open(path, "rb") as fh:
@@ -141,7 +152,8 @@ def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
         except (ValueError, OSError, EOFError) as err:
             raise LensexpError(f"{path}: not a readable .npy file ({err}).") from err
     if arr is not None:
-        arr = np.asarray(_image_of_object_array(arr, path, allow_pickle))
+        image, mass = _image_and_mass_of_object_array(arr, path, allow_pickle)
+        arr = np.asarray(image)
     else:
         try:
             arr = np.load(path, allow_pickle=False)
@@ -169,7 +181,7 @@ def read_image(path: Path, allow_pickle: bool = False) -> np.ndarray:
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise LensexpError(f"{path}: {bad} NaN/Inf pixels; fix or remove this file.")
-    return arr
+    return arr, mass
 
 
 def shape_mismatch(

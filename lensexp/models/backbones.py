@@ -178,7 +178,7 @@ def _check_options(
     check_choice(f"{OPTION}.head", head, HEADS)
     check_choice(f"{OPTION}.input_adapter", input_adapter, INPUT_ADAPTERS)
     check_choice(f"{OPTION}.normalize", normalize, NORMALIZE)
-    check_int(f"{OPTION}.num_classes", num_classes, 2)
+    check_int(f"{OPTION}.num_classes", num_classes, 1)  # 1: a regression output
     check_int(f"{OPTION}.in_channels", in_channels, 1)
     if input_adapter == "repeat" and in_channels not in (1, 3):
         raise LensexpError(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lensexp.data.manifest import FileMetadata
 from lensexp.metrics.bootstrap import (
     N_RESAMPLES,
     SEED,
@@ -23,8 +24,10 @@ from lensexp.metrics.bootstrap import (
     resampled_mean,
 )
 from lensexp.metrics.classification import classification_summary
+from lensexp.metrics.physics import physics_table
 from lensexp.reporting.figures import confusion_matrix_figure, roc_figure, save_figure
 from lensexp.reporting.files import write_metrics
+from lensexp.reporting.physics import write_physics_report
 
 
 def _tensor(x: Any) -> torch.Tensor:
@@ -37,10 +40,14 @@ def write_predictions_csv(
     labels: Any,
     probs: Any,
     class_names: Sequence[str],
+    axion_mass: Any = None,
 ) -> Path:
-    """Write `path,label,prediction,p_<class>...`, one row per file in order; returns the path.
+    """Write `path,label,prediction,p_<class>...,axion_mass`, one row per file in order;
+    returns the path.
 
-    `label` and `prediction` (the argmax class) are class names; probabilities have 6 decimals.
+    `label` and `prediction` (the argmax class) are class names; probabilities have 6 decimals;
+    `axion_mass` (eV, per file; None or NaN: unknown) is written with 6 significant digits,
+    empty where unknown.
     """
     names = [str(c) for c in class_names]
     labels = _tensor(labels).long().reshape(-1)
@@ -52,17 +59,27 @@ def write_predictions_csv(
         raise ValueError(
             f"write_predictions_csv: {n} predictions, {labels.numel()} labels, {len(files)} files"
         )
+    masses = np.full(n, np.nan) if axion_mass is None else np.asarray(axion_mass, float)
+    if masses.shape != (n,):
+        raise ValueError(f"write_predictions_csv: {n} predictions, {masses.size} axion masses")
     predictions = probs.argmax(dim=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", "prediction", *(f"p_{c}" for c in names)])
-        for file, label, prediction, row in zip(
-            files, labels.tolist(), predictions.tolist(), probs.tolist(), strict=True
+        header = ["path", "label", "prediction", *(f"p_{c}" for c in names), "axion_mass"]
+        writer.writerow(header)
+        for file, label, prediction, row, mass in zip(
+            files, labels.tolist(), predictions.tolist(), probs.tolist(), masses, strict=True
         ):
             writer.writerow(
-                [str(file), names[label], names[prediction], *(f"{p:.6f}" for p in row)]
+                [
+                    str(file),
+                    names[label],
+                    names[prediction],
+                    *(f"{p:.6f}" for p in row),
+                    "" if math.isnan(mass) else f"{mass:.6g}",
+                ]
             )
     return path
 
@@ -122,12 +139,17 @@ def write_classification_report(
     files: Sequence[Path | str],
     class_names: Sequence[str],
     *,
+    metadata: FileMetadata | None = None,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> dict[str, Any]:
     """Write `metrics.json`, `metrics.md`, `confusion_matrix.png`, `roc_curve.png` and
     `predictions.csv` into `out_dir`; returns the `classification_summary` dict with `ci95`,
     its `classification_intervals` (`n_resamples` bootstrap resamples drawn from `seed`).
+
+    `metadata` (per file): its axion masses go into `predictions.csv`; with a manifest, the
+    metrics against the physics (`lensexp.metrics.physics`) are written as `physics.csv`,
+    `physics.md` and `physics.png`, and their table is appended to `metrics.md`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,16 +162,23 @@ def write_classification_report(
     summary["ci95"] = classification_intervals(
         probs, target, names, n_resamples=n_resamples, seed=seed
     )
-    write_metrics(
+    _, md_path = write_metrics(
         out_dir,
         summary,
         title=f"Classification: {summary['n']} images, {len(names)} classes",
         class_names=names,
     )
+    if metadata is not None and metadata.manifest is not None:
+        # The mass as the report knows it (an [image, mass] file's own, else the manifest's).
+        columns = {**metadata.manifest, "axion_mass": metadata.axion_mass}
+        rows = physics_table(columns, probs.numpy(), target.numpy(), names)
+        table = write_physics_report(out_dir, rows)
+        md_path.write_text(md_path.read_text() + "\n" + table)
     save_figure(
         confusion_matrix_figure(np.asarray(summary["confusion_matrix"]), names),
         out_dir / "confusion_matrix.png",
     )
     save_figure(roc_figure(probs, target, names), out_dir / "roc_curve.png")
-    write_predictions_csv(out_dir / "predictions.csv", files, target, probs, names)
+    masses = None if metadata is None else metadata.axion_mass
+    write_predictions_csv(out_dir / "predictions.csv", files, target, probs, names, masses)
     return summary

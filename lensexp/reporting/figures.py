@@ -1,4 +1,5 @@
-"""Figures for reports and TensorBoard: confusion matrix, ROC curves, SR comparison.
+"""Figures for reports and TensorBoard: confusion matrix, ROC curves, SR comparison, metrics
+against the physics, predicted-vs-true regression scatter.
 
 Every function builds a `matplotlib.figure.Figure` directly (never pyplot): no GUI backend, no
 global figure registry to leak into, safe in worker processes, and the figures can be passed to
@@ -17,6 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from lensexp.metrics.classification import roc_curves
+from lensexp.metrics.physics import QUANTITIES
 from lensexp.metrics.superres import MSE_FLOOR
 
 DPI = 120
@@ -163,6 +165,62 @@ def sr_comparison_figure(
     fig.colorbar(error_image, ax=axes[:, 4], shrink=0.8)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def physics_figure(rows: Sequence[dict[str, Any]]) -> Figure:
+    """One panel per binned quantity of a `lensexp.metrics.physics.physics_table`: accuracy and
+    AUC per bin against the bin's centre (geometric for log quantities, on a log axis), with
+    each bin's range as a horizontal bar and its image count above the accuracy."""
+    log = {q.column: q.log for q in QUANTITIES}
+    labels = {q.column: q.label for q in QUANTITIES}
+    binned = [r for r in rows if r["bin"] is not None]
+    quantities = list(dict.fromkeys(r["quantity"] for r in binned))
+    fig = Figure(figsize=(4.2 * max(1, len(quantities)), 3.6), layout="constrained")
+    if not quantities:
+        fig.add_subplot().text(0.5, 0.5, "no quantity varies", ha="center", va="center")
+        return fig
+    axes = fig.subplots(1, len(quantities), squeeze=False)[0]
+    for ax, quantity in zip(axes, quantities, strict=True):
+        mine = [r for r in binned if r["quantity"] == quantity]
+        lo, hi = np.array([r["lo"] for r in mine]), np.array([r["hi"] for r in mine])
+        centre = np.sqrt(lo * hi) if log[quantity] else (lo + hi) / 2
+        for key, marker in (("accuracy", "o"), ("auc", "s")):
+            values = np.array([r[key] for r in mine], dtype=float)
+            ax.errorbar(
+                centre, values, xerr=[centre - lo, hi - centre], marker=marker, capsize=3,
+                label=key,
+            )  # fmt: skip
+        for x, r in zip(centre, mine, strict=True):
+            ax.annotate(f"n={r['n']}", (x, r["accuracy"]), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=7)  # fmt: skip
+        if log[quantity]:
+            ax.set_xscale("log")
+        ax.set_ylim(0.0, 1.05)
+        ax.set_xlabel(labels[quantity])
+        ax.set_title(f"{mine[0]['population']} images", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("per bin")
+    axes[0].legend(loc="best", fontsize=8)
+    return fig
+
+
+def regression_figure(
+    true: Any, predicted: Any, label: str, title: str = "Predicted vs true"
+) -> Figure:
+    """Scatter of predicted against true values, with the identity line."""
+    true, predicted = _numpy(true).reshape(-1), _numpy(predicted).reshape(-1)
+    fig = Figure(figsize=(4.6, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(true, predicted, s=10, alpha=0.6)
+    both = np.concatenate([true, predicted])
+    low, high = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+    ax.plot([low, high], [low, high], color="black", lw=1, ls="--", label="predicted = true")
+    ax.set_xlabel(f"true {label}")
+    ax.set_ylabel(f"predicted {label}")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
     return fig
 
 

@@ -73,10 +73,15 @@ class TaskModule(L.LightningModule):
         return None
 
     def write_report(
-        self, outputs: list[dict[str, Any]], files: list[Path], out_dir: Path
+        self,
+        outputs: list[dict[str, Any]],
+        files: list[Path],
+        out_dir: Path,
+        metadata: Any = None,
     ) -> dict[str, Any]:
         """Write this task's evaluation report of `predict_step` outputs (one per batch) for
-        `files` into `out_dir`; return its metrics."""
+        `files` into `out_dir`; return its metrics. `metadata` is what the data module knows of
+        each file (`lensexp.data.manifest.FileMetadata`: axion mass, manifest physics), or None."""
         raise NotImplementedError(f"{type(self).__name__} has no evaluation report")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

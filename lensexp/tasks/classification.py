@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lensexp.data.manifest import FileMetadata
 from lensexp.errors import LensexpError
 from lensexp.metrics.classification import ClassificationMetrics
 from lensexp.models.backbones import ImageClassifier
@@ -138,12 +139,19 @@ class ClassifierModule(TaskModule):
         return {"probs": probs.cpu(), "labels": y.cpu()}
 
     def write_report(
-        self, outputs: list[dict[str, Any]], files: list[Path], out_dir: Path
+        self,
+        outputs: list[dict[str, Any]],
+        files: list[Path],
+        out_dir: Path,
+        metadata: FileMetadata | None = None,
     ) -> dict[str, Any]:
-        """Metrics, confusion matrix, ROC curves and `predictions.csv` (see
-        `lensexp.reporting.classification`)."""
+        """Metrics, confusion matrix, ROC curves, `predictions.csv` and, with a manifest in
+        `metadata`, the metrics against the physics (see `lensexp.reporting.classification`)."""
         probs = torch.cat([o["probs"] for o in outputs])
         labels = torch.cat([o["labels"] for o in outputs])
         # A limited run predicts only the first batches of the split.
         files = list(files)[: len(labels)]
-        return write_classification_report(out_dir, probs, labels, files, self.class_names)
+        metadata = None if metadata is None else metadata.head(len(labels))
+        return write_classification_report(
+            out_dir, probs, labels, files, self.class_names, metadata=metadata
+        )

@@ -300,10 +300,14 @@ class SuperResolutionModule(TaskModule):
         return out
 
     def write_report(
-        self, outputs: list[dict[str, Any]], files: list[Path], out_dir: Path
+        self,
+        outputs: list[dict[str, Any]],
+        files: list[Path],
+        out_dir: Path,
+        metadata: Any = None,
     ) -> dict[str, Any]:
         """The super-resolution report of `predict_step` outputs (SR images too with
-        `keep_outputs`); see `write_superres_report`."""
+        `keep_outputs`); see `write_superres_report`. SR data has no per-file `metadata`."""
         from lensexp.reporting.superres import write_superres_report
 
         # A limited run (debug=fdr, limit_val_batches) predicts only the first batches.
