@@ -3,6 +3,7 @@ warning lensexp's launcher files cause by design. The entry points call `prepare
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
@@ -16,10 +17,25 @@ def parallel_jobs(threads_per_job: int | None) -> int:
     return max(1, (cores or 1) // max(1, int(threads_per_job or 1)))
 
 
+def ddp_find_unused_parameters(module_target: str) -> bool:
+    """Whether DDP must look for parameters without gradients in the model `module_target`
+    (its class attribute `ddp_find_unused_parameters`; the adversarial SR module sets it)."""
+    module_path, _, name = module_target.rpartition(".")
+    cls = getattr(importlib.import_module(module_path), name)
+    return bool(getattr(cls, "ddp_find_unused_parameters", False))
+
+
+RESOLVERS = {
+    "lensexp.parallel_jobs": parallel_jobs,
+    "lensexp.ddp_find_unused_parameters": ddp_find_unused_parameters,
+}
+
+
 def prepare_hydra() -> None:
-    """Register `lensexp.parallel_jobs` and silence Hydra's schema-matching notice (idempotent)."""
-    if not OmegaConf.has_resolver("lensexp.parallel_jobs"):
-        OmegaConf.register_new_resolver("lensexp.parallel_jobs", parallel_jobs)
+    """Register lensexp's resolvers and silence Hydra's schema-matching notice (idempotent)."""
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
     # conf/hydra/launcher/{joblib,submitit_slurm}.yaml keep the plugins' own option names, so
     # Hydra checks them against the plugins' schemas (a misspelt key fails) and says that this
     # matching is deprecated. The files list every key, so they work without it too.

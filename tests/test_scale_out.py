@@ -1,0 +1,167 @@
+"""Scale-out: Optuna searches, parallel and SLURM launchers, DDP, sharded simulation.
+
+Each test runs the real entry point (a subprocess, as a user would) on tiny data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.helpers import CLASSES, ROOT, save_image
+
+TINY = (
+    "data.image_size=32", "model=mobilenet_v3_small", "model.pretrained=none", "trainer=cpu",
+    "logger=csv", "data.test_fraction=0",
+)  # fmt: skip
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def learnable_folder(root: Path, n_train: int, n_val: int) -> Path:
+    """32x32 images whose class is their brightness (plus noise): a model's outputs differ
+    between images after a few steps, so its metrics depend on which images it scores."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("val", n_val)):
+        for k, cls in enumerate(CLASSES):
+            for i in range(count):
+                image = 0.3 * k + rng.random((32, 32)) * 0.6
+                save_image(root / split / cls / f"{cls}_{i:03d}.npy", image)
+    return root
+
+
+# -- Optuna --------------------------------------------------------------------------------------
+def optuna_search(tmp_path: Path, root: Path, name: str, *extra: str) -> Path:
+    sweep = tmp_path / name
+    proc = run(
+        "train.py", "hparams_search=classifier_optuna", f"data.root={root}", *TINY,
+        "data.batch_size=8", "debug=limit", "trainer.max_epochs=1",
+        f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=3", *extra,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+@pytest.mark.slow
+def test_seeded_optuna_search_repeats_and_continues_from_sqlite(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    import optuna
+
+    first = optuna_search(tmp_path, classification_root, "first")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    second = optuna_search(
+        tmp_path, classification_root, "second", f"hydra.sweeper.storage={storage}"
+    )
+    # The sweeper's own record of the best trial, the same for both searches.
+    best = [yaml.safe_load((s / "optimization_results.yaml").read_text()) for s in (first, second)]
+    assert best[0] == best[1]
+    assert set(best[0]["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "scheduler"}
+    # It is what the trial returned: the best checkpoint's macro AUC, not the monitored metric.
+    values = {}
+    for job in "012":
+        results = json.loads((first / job / "results.json").read_text())
+        assert results["optimized_metric"] == "val/auc_macro"
+        assert results["optimized_value"] == results["val_metrics"]["val/auc_macro"]
+        values[job] = results["optimized_value"]
+    assert best[0]["best_value"] == max(values.values())
+
+    # The report ranks the trials and gives the best one as a command without the search.
+    report = (first / "report.md").read_text()
+    assert "## Optuna study" in report and "3 trial(s), 0 failed" in report
+    command = report.split("```bash\n", 1)[1].split("\n", 1)[0]
+    assert command.startswith("python train.py ") and "hparams_search" not in command
+    for key, value in best[0]["best_params"].items():
+        assert f"{key}={value}" in command
+    for png in ("optuna_history.png", "optuna_importance.png"):
+        assert (first / png).stat().st_size > 1000
+
+    # The stored study continues: one more trial joins the three.
+    optuna_search(
+        tmp_path, classification_root, "third", f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.n_trials=1",
+    )  # fmt: skip
+    study = optuna.load_study(study_name="classifier_optuna", storage=storage)
+    assert len(study.trials) == 4
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_recorded_and_the_study_goes_on(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run(
+        "train.py", "hparams_search=classifier_optuna", f"data.root={classification_root}",
+        *TINY, "debug=fdr", f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}",
+        "hydra/sweeper/sampler=grid", "hydra.sweeper.params={}",
+        "model.input_adapter=choice(sideways,repeat)", "optimized_metric=val/acc",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    failed = [j for j in "01" if (sweep / j / "error.txt").is_file()]
+    assert (
+        len(failed) == 1
+        and "model.input_adapter=sideways" in (sweep / failed[0] / "error.txt").read_text()
+    )
+    report = (sweep / "report.md").read_text()
+    assert "2 trial(s), 1 failed" in report
+    assert "| 2 | " + failed[0] + " | - | `model.input_adapter=sideways` | failed:" in report
+    assert "python train.py model.input_adapter=repeat" in report
+
+
+def test_a_diverged_run_fails() -> None:
+    from omegaconf import OmegaConf
+
+    from lensexp.errors import LensexpError
+    from lensexp.training import optimized_value
+
+    cfg = OmegaConf.create({"optimized_metric": "val/auc_macro", "monitor": "val/auc_micro"})
+    assert optimized_value(cfg, 0.6, {"val/auc_macro": 0.7}) == 0.7
+    with pytest.raises(LensexpError, match="training diverged: val/auc_macro is nan"):
+        optimized_value(cfg, 0.6, {"val/auc_macro": math.nan})
+    with pytest.raises(LensexpError, match="optimized_metric=val/auc_macro: not a validation"):
+        optimized_value(cfg, 0.6, {"val/acc": 0.7})
+    cfg.optimized_metric = None
+    assert optimized_value(cfg, 0.6, {}) == 0.6
+    with pytest.raises(LensexpError, match="val/auc_micro is None"):
+        optimized_value(cfg, None, {})
+
+
+# -- DDP -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_cpu_validation_equals_one_process(tmp_path: Path) -> None:
+    # 15 validation images in batches of 4 over 2 processes: a padded distributed sampler would
+    # score one image twice.
+    root = learnable_folder(tmp_path / "cls", n_train=10, n_val=5)
+    out = tmp_path / "run"
+    proc = run(
+        "train.py", f"data.root={root}", *TINY[:-2], "trainer=ddp_cpu", "logger=csv",
+        "data.test_fraction=0", "data.batch_size=4", "optimizer.lr=0.01",
+        "trainer.max_epochs=1", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2
+    # final_metrics: the two processes' synced validation during fit; val_metrics: the same
+    # (final, best) checkpoint validated again by one process after fit.
+    during, single = results["final_metrics"], results["val_metrics"]
+    assert single["val/auc_micro"] != 0.5  # not all outputs alike: the images scored matter
+    for key in ("val/loss", "val/acc", "val/auc_micro", "val/auc_macro"):
+        assert during[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+    # One run folder, written by rank 0 only: rank 1 adds its log and nothing else.
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".hydra", "best_val", "checkpoints", "config.yaml", "csv", "provenance.json",
+        "results.json", "train.log", "train_ddp_process_1.log",
+    ]  # fmt: skip
+    assert not list((tmp_path / "data").glob("**/outputs"))
