@@ -37,10 +37,9 @@ def sweeper_config(sweep_dir: Path, job_folders: Sequence[Path]) -> DictConfig |
 
 
 def _distributions(sweeper: DictConfig, jobs: Sequence[Any]) -> dict[str, Any]:
-    """The search space: the sweeper's `params`, as the sweeper itself parses them; a key swept
-    from the command line (not recorded in the job folders as a range) as the choice of the
-    values its trials took. A key with one value in every job was fixed on the command line,
-    which takes it out of the sweeper's space too."""
+    """The search space: the sweeper's `params`, as the sweeper itself parses them, less those a
+    command-line value fixed (a value outside the range); a key swept from the command line
+    (not recorded in the job folders as a range) as the choice of the values its trials took."""
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
     from optuna.distributions import CategoricalDistribution
 
@@ -53,11 +52,18 @@ def _distributions(sweeper: DictConfig, jobs: Sequence[Any]) -> dict[str, Any]:
             seen.setdefault(key, [])
             if value not in seen[key]:
                 seen[key].append(value)
+    space = {k: d for k, d in space.items() if all(_fits(d, v) for v in seen.get(k, []))}
     for key, values in seen.items():
         if key not in space and len(values) > 1 and key.split("@")[0] != "seed":
             space[key] = CategoricalDistribution([_number(v) for v in values])
-    fixed = {k for k, values in seen.items() if len(values) == 1 and len(jobs) > 1}
-    return {k: d for k, d in space.items() if k not in fixed}
+    return space
+
+
+def _fits(distribution: Any, text: str) -> bool:
+    if hasattr(distribution, "choices"):
+        return text in map(str, distribution.choices)
+    value = _number(text)
+    return isinstance(value, int | float) and distribution.low <= value <= distribution.high
 
 
 def _number(text: str) -> Any:
