@@ -5,8 +5,10 @@ Each test runs the real entry point (a subprocess, as a user would) on tiny data
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +152,99 @@ def test_ddp_cpu_validation_equals_one_process(tmp_path: Path) -> None:
         "results.json", "train.log", "train_ddp_process_1.log",
     ]  # fmt: skip
     assert not list((tmp_path / "data").glob("**/outputs"))
+
+
+# -- launchers -----------------------------------------------------------------------------------
+def tiny_sweep(tmp_path: Path, root: Path, name: str, *extra: str) -> Path:
+    sweep = tmp_path / name
+    proc = run(
+        "train.py", "-m", f"data.root={root}", *TINY, "data.batch_size=8", "debug=limit",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+        f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}", *extra,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+def report_rows(sweep: Path) -> dict[str, dict[str, str]]:
+    """The report's rows, without what differs between any two runs (time, folders)."""
+    with open(sweep / "report.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return {r["configuration"]: {k: v for k, v in r.items() if k != "wall_time_s"} for r in rows}
+
+
+@pytest.mark.slow
+def test_joblib_multirun_reports_what_the_basic_launcher_does(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    # One thread each, as joblib's two workers get on two cores: another thread count sums in
+    # another order, which can tip a tiny run's AUC.
+    jobs = ("optimizer.lr=0.001,0.01", "threads_per_job=1")
+    basic = tiny_sweep(tmp_path, classification_root, "basic", *jobs)
+    parallel = tiny_sweep(tmp_path, classification_root, "joblib", *jobs, "hydra/launcher=joblib")
+    rows = report_rows(basic)
+    assert set(rows) == {"optimizer.lr=0.001", "optimizer.lr=0.01"}
+    assert all(r["status"] == "1 ok" for r in rows.values())
+    assert report_rows(parallel) == rows
+
+
+def test_joblib_runs_as_many_jobs_as_cores_allow() -> None:
+    from lensexp.hydra_setup import parallel_jobs
+
+    cores = len(os.sched_getaffinity(0))
+    assert parallel_jobs(None) == parallel_jobs(1) == cores
+    assert parallel_jobs(2) == max(1, cores // 2)
+    assert parallel_jobs(10 * cores) == 1
+
+
+def test_submitit_slurm_config_composes() -> None:
+    proc = run(
+        "train.py", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+        "trainer=ddp", "trainer.num_nodes=2", "--cfg", "hydra", timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["partition"] == "gpu"
+    for key in ("timeout_min", "mem_gb", "gpus_per_node", "gpus_per_task", "tasks_per_node"):
+        assert key in launcher
+    assert launcher["nodes"] == "${trainer.num_nodes}"
+    assert "validated against ConfigStore schema" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_a_job(classification_root: Path, tmp_path: Path) -> None:
+    sweep = tiny_sweep(
+        tmp_path, classification_root, "submitit", "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+    )  # fmt: skip
+    results = json.loads((sweep / "0" / "results.json").read_text())
+    assert results["best_value"] is not None
+    assert list((sweep / ".submitit").glob("*/*_result.pkl"))  # ran through submitit
+    assert report_rows(sweep)["(no overrides)"]["status"] == "1 ok"
+
+
+# -- sharded simulation --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sharded_simulation_through_joblib_equals_one_process(tmp_path: Path) -> None:
+    common = (
+        "task=classification", "n_per_class=5", "seed=3", "progress=false", "num_workers=1",
+        "+overrides.instrument.num_pix=40", "+overrides.instrument.pixel_scale=0.125",
+    )  # fmt: skip
+    one = run("-m", "lensexp.sim", f"out={tmp_path / 'one'}", *common)
+    assert one.returncode == 0, one.stderr[-3000:]
+    shards = run(
+        "-m", "lensexp.sim", "-m", f"out={tmp_path / 'shards'}", *common, "shard=range(0,4)",
+        "num_shards=4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )  # fmt: skip
+    assert shards.returncode == 0, shards.stderr[-3000:]
+
+    def files(root: Path) -> dict[str, bytes]:
+        found = [p for p in sorted(root.rglob("*")) if p.is_file() and ".sim" not in p.parts]
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in found}
+
+    reference = files(tmp_path / "one")
+    assert len([f for f in reference if f.endswith(".npy")]) == 15
+    assert "manifest.csv" in reference
+    assert files(tmp_path / "shards") == reference
