@@ -248,3 +248,26 @@ def test_sharded_simulation_through_joblib_equals_one_process(tmp_path: Path) ->
     assert len([f for f in reference if f.endswith(".npy")]) == 15
     assert "manifest.csv" in reference
     assert files(tmp_path / "shards") == reference
+
+
+# -- DDP configs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "unused"),
+    [((), False), (("model=srresnet",), False), (("model=srresnet", "loss=adversarial"), True)],
+)
+def test_ddp_looks_for_unused_parameters_exactly_for_the_adversarial_module(
+    tmp_path: Path, overrides: tuple[str, ...], unused: bool
+) -> None:
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lensexp.hydra_setup import prepare_hydra
+    from tests.helpers import compose_cfg
+
+    prepare_hydra()
+    cfg = compose_cfg(tmp_path, [*overrides, "trainer=ddp_cpu"])
+    assert cfg.trainer.devices == 2 and cfg.trainer.accelerator == "cpu"
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, DDPStrategy)
+    assert strategy._ddp_kwargs["find_unused_parameters"] is unused
+    assert strategy.process_group_backend == "gloo"
