@@ -148,9 +148,10 @@ def _check_finite(trainer: L.Trainer) -> None:
 
 def optimized_value(
     cfg: DictConfig, best_value: float | None, validated: dict[str, float]
-) -> float:
+) -> float | None:
     """What train.py returns to a sweeper: `optimized_metric` of the best checkpoint's
-    validation metrics, or the monitored metric's best value when it is null."""
+    validation metrics, or the monitored metric's best value when it is null (None when no
+    checkpoint was saved, as in a fast_dev_run). A value that is not finite is a diverged run."""
     name = cfg.get("optimized_metric")
     value = best_value if name is None else validated.get(name)
     if name is not None and value is None:
@@ -158,12 +159,12 @@ def optimized_value(
             f"optimized_metric={name}: not a validation metric of this run; choose one of "
             f"{', '.join(sorted(validated))}."
         )
-    if value is None or not math.isfinite(value):
+    if value is not None and not math.isfinite(value):
         raise LensexpError(
             f"training diverged: {name or cfg.monitor} is {value}; lower optimizer.lr (or set "
             f"trainer.gradient_clip_val)."
         )
-    return float(value)
+    return None if value is None else float(value)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

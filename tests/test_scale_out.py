@@ -121,8 +121,9 @@ def test_a_diverged_run_fails() -> None:
         optimized_value(cfg, 0.6, {"val/acc": 0.7})
     cfg.optimized_metric = None
     assert optimized_value(cfg, 0.6, {}) == 0.6
-    with pytest.raises(LensexpError, match="val/auc_micro is None"):
-        optimized_value(cfg, None, {})
+    assert optimized_value(cfg, None, {}) is None  # no checkpoint saved (fast_dev_run)
+    with pytest.raises(LensexpError, match="val/auc_micro is inf"):
+        optimized_value(cfg, math.inf, {})
 
 
 # -- DDP -----------------------------------------------------------------------------------------
