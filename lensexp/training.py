@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,15 @@ from lensexp.builders import (
 )
 from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate_module
+from lensexp.hydra_setup import prepare_hydra
 from lensexp.provenance import provenance
 from lensexp.reporting.files import print_metrics_table, write_json, write_text_atomic
+
+# A config composed outside train.py (tests, notebooks) resolves with lensexp's resolvers too.
+prepare_hydra()
+
+# What Lightning's DDP launcher sets in the environment of the process that starts the others.
+DDP_ENVIRONMENT = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def _checkpoints(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, ModelCheckpoint | None]:
@@ -122,14 +130,22 @@ def _share_run_folder(trainer: L.Trainer, out: Path) -> None:
     sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
 
 
-def _end_distributed(trainer: L.Trainer) -> bool:
+def _end_distributed(trainer: L.Trainer, environment: dict[str, str | None]) -> bool:
     """After a DDP fit: wait for every process, leave the process group (the reports that
-    follow are rank 0's alone, and synced metrics would wait for the others); True on rank 0."""
+    follow are rank 0's alone, and synced metrics would wait for the others), and give back the
+    environment as it was before `fit` (`environment`): the next job of a multirun would
+    otherwise take the launcher's LOCAL_RANK for processes started by someone else, and wait
+    for them. True on rank 0."""
     if trainer.world_size == 1:
         return True
     trainer.strategy.barrier()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    for key, value in environment.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return trainer.is_global_zero
 
 
@@ -190,6 +206,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
     _share_run_folder(trainer, out)
+    environment = {key: os.environ.get(key) for key in DDP_ENVIRONMENT}
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
@@ -202,7 +219,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             file=sys.stderr,
         )
         raise
-    if not _end_distributed(trainer):
+    if not _end_distributed(trainer, environment):
         return {}
     _check_finite(trainer)
     cfg = single_process(cfg) if trainer.world_size > 1 else cfg

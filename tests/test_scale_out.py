@@ -130,29 +130,35 @@ def test_a_diverged_run_fails() -> None:
 @pytest.mark.slow
 def test_ddp_cpu_validation_equals_one_process(tmp_path: Path) -> None:
     # 15 validation images in batches of 4 over 2 processes: a padded distributed sampler would
-    # score one image twice.
+    # score one image twice. Two jobs of a multirun: the second must start its processes anew.
     root = learnable_folder(tmp_path / "cls", n_train=10, n_val=5)
-    out = tmp_path / "run"
+    sweep = tmp_path / "sweep"
     proc = run(
-        "train.py", f"data.root={root}", *TINY[:-2], "trainer=ddp_cpu", "logger=csv",
-        "data.test_fraction=0", "data.batch_size=4", "optimizer.lr=0.01",
-        "trainer.max_epochs=1", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={out}",
+        "train.py", "-m", f"data.root={root}", *TINY[:-2], "trainer=ddp_cpu", "logger=csv",
+        "data.test_fraction=0", "data.batch_size=4", "optimizer.lr=0.01,0.02",
+        "trainer.max_epochs=1", f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    assert results["world_size"] == 2
-    # final_metrics: the two processes' synced validation during fit; val_metrics: the same
-    # (final, best) checkpoint validated again by one process after fit.
-    during, single = results["final_metrics"], results["val_metrics"]
-    assert single["val/auc_micro"] != 0.5  # not all outputs alike: the images scored matter
-    for key in ("val/loss", "val/acc", "val/auc_micro", "val/auc_macro"):
-        assert during[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
-    # One run folder, written by rank 0 only: rank 1 adds its log and nothing else.
-    assert sorted(p.name for p in out.iterdir()) == [
-        ".hydra", "best_val", "checkpoints", "config.yaml", "csv", "provenance.json",
-        "results.json", "train.log", "train_ddp_process_1.log",
-    ]  # fmt: skip
-    assert not list((tmp_path / "data").glob("**/outputs"))
+    for job in ("0", "1"):
+        out = sweep / job
+        results = json.loads((out / "results.json").read_text())
+        assert results["world_size"] == 2
+        # final_metrics: the two processes' synced validation during fit; val_metrics: the
+        # same (final, best) checkpoint validated again by one process after fit.
+        during, single = results["final_metrics"], results["val_metrics"]
+        assert single["val/auc_micro"] != 0.5  # not all outputs alike: the images scored matter
+        for key in ("val/loss", "val/acc", "val/auc_micro", "val/auc_macro"):
+            assert during[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+        # One folder per job, written by rank 0 only: rank 1 adds its log and nothing else.
+        assert sorted(p.name for p in out.iterdir()) == [
+            ".hydra", "best_val", "checkpoints", "config.yaml", "csv", "provenance.json",
+            "results.json", "train.log", "train_ddp_process_1.log",
+        ]  # fmt: skip
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert not (ROOT / "outputs" / "train" / "runs").exists() or not any(
+        "ddp_process" in p.name for p in (ROOT / "outputs").rglob("*.log")
+    )
 
 
 # -- launchers -----------------------------------------------------------------------------------
