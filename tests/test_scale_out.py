@@ -119,6 +119,17 @@ def test_a_diverged_run_fails() -> None:
         optimized_value(cfg, 0.6, {"val/auc_macro": math.nan})
     with pytest.raises(LensexpError, match="optimized_metric=val/auc_macro: not a validation"):
         optimized_value(cfg, 0.6, {"val/acc": 0.7})
+    # The training loss that fit logged last: not finite means the run diverged.
+    from types import SimpleNamespace
+
+    import torch
+
+    from lensexp.training import _check_finite
+
+    _check_finite(SimpleNamespace(callback_metrics={"train/loss_epoch": torch.tensor(0.3)}))
+    diverged = {"train/loss_epoch": torch.tensor(math.nan)}
+    with pytest.raises(LensexpError, match="training diverged: train/loss is nan at epoch 3"):
+        _check_finite(SimpleNamespace(callback_metrics=diverged, current_epoch=3))
     cfg.optimized_metric = None
     assert optimized_value(cfg, 0.6, {}) == 0.6
     assert optimized_value(cfg, None, {}) is None  # no checkpoint saved (fast_dev_run)
