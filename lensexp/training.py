@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -9,9 +11,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lensexp.builders import (
     build_datamodule,
@@ -25,8 +29,15 @@ from lensexp.builders import (
 )
 from lensexp.errors import LensexpError
 from lensexp.evaluation import evaluate_module
+from lensexp.hydra_setup import prepare_hydra
 from lensexp.provenance import provenance
 from lensexp.reporting.files import print_metrics_table, write_json, write_text_atomic
+
+# A config composed outside train.py (tests, notebooks) resolves with lensexp's resolvers too.
+prepare_hydra()
+
+# What Lightning's DDP launcher sets in the environment of the process that starts the others.
+DDP_ENVIRONMENT = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def _checkpoints(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, ModelCheckpoint | None]:
@@ -46,14 +57,15 @@ def _validate_best(
 ) -> dict[str, float]:
     """Load the best checkpoint's weights into `module`; return its validation metrics.
 
-    When the best checkpoint is the final step, the last validation of `fit` already scored these
-    very weights, so its numbers are taken as they are; otherwise the checkpoint is validated
-    afresh (as far as the run validated: a limited run stays short).
+    When the best checkpoint is the final step of a one-process run, the last validation of
+    `fit` already scored these very weights, so its numbers are taken as they are; otherwise the
+    checkpoint is validated afresh in this process (as far as the run validated: a limited run
+    stays short). After DDP that is always done: `final_metrics` keeps the processes' own.
     """
     if best_path:
         checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint["state_dict"])
-        if checkpoint["global_step"] != trainer.global_step:
+        if checkpoint["global_step"] != trainer.global_step or trainer.world_size > 1:
             validated = build_report_trainer(cfg, keep_limits=True).validate(
                 module, datamodule=datamodule, verbose=False
             )[0]
@@ -94,21 +106,107 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     return config_from_checkpoint(cfg, read_checkpoint(path), path, resume=True), path
 
 
+def single_process(cfg: DictConfig) -> DictConfig:
+    """`cfg` with a one-process, one-device trainer: the reports after a DDP fit, which rank 0
+    writes alone."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes = "auto", 1, 1
+    return cfg
+
+
+def _share_run_folder(trainer: L.Trainer, out: Path) -> None:
+    """Make the processes Lightning's DDP launches (it re-runs this script with `sys.argv`)
+    join this run: its folder, and this job's overrides rather than a sweep's `-m` command line,
+    which would start a sweep of their own."""
+    if trainer.world_size == 1 or trainer.strategy.cluster_environment.creates_processes_externally:
+        return  # one process, or every process started by srun/torchrun already
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    with read_write(hydra_cfg):
+        # Lightning passes this as hydra.run.dir to the processes it starts.
+        hydra_cfg.run.dir = str(out)
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+
+
+def _end_distributed(trainer: L.Trainer, environment: dict[str, str | None]) -> bool:
+    """After a DDP fit: wait for every process, leave the process group (the reports that
+    follow are rank 0's alone, and synced metrics would wait for the others), and give back the
+    environment as it was before `fit` (`environment`): the next job of a multirun would
+    otherwise take the launcher's LOCAL_RANK for processes started by someone else, and wait
+    for them. True on rank 0."""
+    if trainer.world_size == 1:
+        return True
+    trainer.strategy.barrier()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key, value in environment.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    return trainer.is_global_zero
+
+
+def _check_finite(trainer: L.Trainer) -> None:
+    """A diverged run fails (an Optuna trial is then recorded as failed) instead of reporting
+    a checkpoint from before the divergence."""
+    loss = trainer.callback_metrics.get(
+        "train/loss_epoch", trainer.callback_metrics.get("train/loss")
+    )
+    if loss is not None and not math.isfinite(float(loss)):
+        raise LensexpError(
+            f"training diverged: train/loss is {float(loss)} at epoch {trainer.current_epoch}; "
+            f"lower optimizer.lr (or set trainer.gradient_clip_val)."
+        )
+
+
+def optimized_value(
+    cfg: DictConfig, best_value: float | None, validated: dict[str, float]
+) -> float | None:
+    """What train.py returns to a sweeper: `optimized_metric` of the best checkpoint's
+    validation metrics, or the monitored metric's best value when it is null (None when no
+    checkpoint was saved, as in a fast_dev_run). A value that is not finite is a diverged run."""
+    name = cfg.get("optimized_metric")
+    value = best_value if name is None else validated.get(name)
+    if name is not None and value is None:
+        raise LensexpError(
+            f"optimized_metric={name}: not a validation metric of this run; choose one of "
+            f"{', '.join(sorted(validated))}."
+        )
+    if value is not None and not math.isfinite(value):
+        raise LensexpError(
+            f"training diverged: {name or cfg.monitor} is {value}; lower optimizer.lr (or set "
+            f"trainer.gradient_clip_val)."
+        )
+    return None if value is None else float(value)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as `cfg` says; write `results.json` and the best checkpoint's reports on the
-    validation split (which selected it) and the test split (which did not)."""
+    validation split (which selected it) and the test split (which did not).
+
+    Under DDP every process trains; only rank 0 writes files, and it returns the results
+    (other ranks return an empty dict)."""
     started = time.perf_counter()
     cfg, ckpt_path = resume_config(cfg)
     task = check_compatible(cfg)
+    if cfg.get("threads_per_job"):
+        torch.set_num_threads(int(cfg.threads_per_job))
     out = output_dir(cfg)
     config_path = out / "config.yaml"
-    write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
-    write_json(out / "provenance.json", provenance(cfg.paths.root_dir))
+    # Lightning sets the rank from the launcher's environment (LOCAL_RANK, SLURM_PROCID, RANK).
+    if rank_zero_only.rank == 0:
+        write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
+        write_json(out / "provenance.json", provenance(cfg.paths.root_dir))
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
+    _share_run_folder(trainer, out)
+    environment = {key: os.environ.get(key) for key in DDP_ENVIRONMENT}
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
@@ -121,6 +219,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             file=sys.stderr,
         )
         raise
+    if not _end_distributed(trainer, environment):
+        return {}
+    _check_finite(trainer)
+    cfg = single_process(cfg) if trainer.world_size > 1 else cfg
 
     best, last = _checkpoints(trainer)
     best_path = best.best_model_path if best is not None else ""
@@ -134,11 +236,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     test_dir = out / "best_test"
     test_report = _test_best(cfg, module, datamodule, test_dir)
+    best_value = None if best_score is None else float(best_score)
     results = {
         "task": task,
         "monitor": cfg.monitor,
         "monitor_mode": cfg.monitor_mode,
-        "best_value": None if best_score is None else float(best_score),
+        "best_value": best_value,
+        "optimized_metric": cfg.get("optimized_metric") or cfg.monitor,
+        "optimized_value": optimized_value(cfg, best_value, validated),
         "best_checkpoint": best_path or None,
         "last_checkpoint": (last.best_model_path or None) if last is not None else None,
         "val_metrics": validated,
@@ -149,6 +254,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "test_split": datamodule.test_source,
         "test_report_dir": None if test_report is None else str(test_dir),
         "pretrained_loaded": module.pretrained_loaded,
+        "world_size": trainer.world_size,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "wall_time_s": round(time.perf_counter() - started, 1),

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler
 
 from lensexp.checks import check_choice, check_int
@@ -248,13 +249,26 @@ class NpyDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffle(len(dataset), self.train_seed) if shuffle else None,
+            sampler=EpochShuffle(len(dataset), self.train_seed)
+            if shuffle
+            else self._share(dataset),
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=self.num_workers > 0,
             # A training batch of one image cannot train batch norm (PyTorch refuses it); that
             # image, a different one each epoch, waits for the next epoch instead.
             drop_last=shuffle and len(dataset) % self.batch_size == 1,
+        )
+
+    def _share(self, dataset: Any) -> Sampler[int] | None:
+        """Under DDP, this process's share of an evaluation split, each image in exactly one
+        share: Lightning's own DistributedSampler pads the shares to equal length with repeated
+        images, which synced metrics would then count twice."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1 or not trainer.distributed_sampler_kwargs:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, shuffle=False, **trainer.distributed_sampler_kwargs
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -4,7 +4,8 @@ Each job folder of a sweep holds Hydra's `.hydra/overrides.yaml` (what defines t
 when it finished, lensexp's `results.json`; a failed job holds `error.txt` instead. From these
 alone `write_sweep_report(SWEEP_DIR)` writes `report.md`, `report.csv` and `report.png` (the
 monitored metric per configuration) into the sweep folder, for a finished, interrupted or
-partly failed sweep alike. `SweepReport` is the Hydra callback that does it as jobs end.
+partly failed sweep alike; an Optuna search adds its trials ranked, the best trial's command
+and Optuna's plots (`lensexp.reporting.optuna_study`). `SweepReport` is the Hydra callback that does it as jobs end.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from lensexp.errors import LensexpError  # noqa: E402
 from lensexp.reporting.files import write_text_atomic  # noqa: E402
+from lensexp.reporting.optuna_study import optuna_section, sweeper_config  # noqa: E402
 
 SEED_KEY = "seed"
 ERROR_FILE = "error.txt"
@@ -221,6 +223,9 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if failed:
         lines += ["", "## Errors", ""]
         lines += [f"- `{r['configuration']}`: {_fmt(r['errors'])}" for r in failed]
+    sweeper = sweeper_config(sweep_dir, [j.folder for j in jobs])
+    if sweeper is not None:
+        lines += optuna_section(sweeper, jobs, sweep_dir)
     write_text_atomic(sweep_dir / "report.md", "\n".join(lines) + "\n")
 
     table = io.StringIO()
@@ -234,12 +239,18 @@ def write_sweep_report(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _rank_zero() -> bool:
+    """Whether this is the first process of its job: a multi-task SLURM job (submitit) runs the
+    job, and this callback, in each of its processes."""
+    return all(os.environ.get(k, "0") == "0" for k in ("SLURM_PROCID", "RANK", "LOCAL_RANK"))
+
+
 class SweepReport(Callback):
     """Hydra callback: record a failed job's error in its folder, and rewrite the sweep's
     report after every job and at the end of the multirun."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN:
+        if config.hydra.mode != RunMode.MULTIRUN or not _rank_zero():
             return
         job_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lensexp.data.manifest import FileMetadata
@@ -73,6 +73,9 @@ class ClassifierModule(TaskModule):
         n = len(self.class_names)
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_metrics = ClassificationMetrics(self.class_names)
+        # A metric, not a logged tensor: under DDP it is the mean over all images of all
+        # processes (each process's mean, averaged, would weigh an uneven last share wrongly).
+        self.val_loss = MeanMetric()
         self.best = nn.ModuleDict({name: MaxMetric() for name in TRACKED_BEST})
         for tracker in self.best.values():
             tracker.persistent(True)  # in checkpoints: a resumed run keeps its best-so-far
@@ -96,7 +99,8 @@ class ClassifierModule(TaskModule):
         x, y = batch
         logits = self(x)
         self.val_metrics.update(logits.float().softmax(dim=1), y)
-        self.log("val/loss", self.loss(logits, y), on_step=False, on_epoch=True, prog_bar=True)
+        self.val_loss.update(self.loss(logits, y), weight=y.shape[0])
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()

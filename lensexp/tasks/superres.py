@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 from torchvision.utils import make_grid
 
 from lensexp.checks import check_choice, check_int
@@ -146,6 +146,8 @@ class SuperResolutionModule(TaskModule):
 
         self.val_metrics = SRMetrics()
         self.val_bicubic = SRMetrics()
+        # A metric, not a logged tensor: under DDP the mean over all images of all processes.
+        self.val_loss = MeanMetric()
         # In checkpoints, so a resumed run keeps its best-so-far value.
         self.psnr_best = MaxMetric()
         self.psnr_best.persistent(True)
@@ -226,7 +228,8 @@ class SuperResolutionModule(TaskModule):
         bicubic = bicubic_upsample(lr, self.scale)
         self.val_metrics.update(sr, hr)
         self.val_bicubic.update(bicubic, hr)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.val_loss.update(loss, weight=n)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self._log_terms("val/loss_", terms, n, on_epoch=True, sync_dist=True)
         have = sum(chunk.shape[1] for chunk in self._samples)
         if have < self.n_samples and self.tensorboard() is not None:
@@ -344,9 +347,11 @@ class AdversarialSRModule(SuperResolutionModule):
     `train/d_real_logit|d_fake_logit` (mean logits). Checkpoints hold the discriminator
     (`discriminator.*`), both optimizers and schedulers, and the generator-step count.
 
-    Multi-GPU training needs `trainer.strategy=ddp_find_unused_parameters_true`: each backward
-    pass leaves one of the two networks without gradients.
+    Under DDP each backward pass leaves one of the two networks without gradients, so DDP must
+    look for unused parameters: `ddp_find_unused_parameters`, which `trainer=ddp` reads.
     """
+
+    ddp_find_unused_parameters = True
 
     not_hyperparameters = (*SuperResolutionModule.not_hyperparameters, "discriminator")
 

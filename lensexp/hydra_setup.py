@@ -1,0 +1,42 @@
+"""What Hydra needs before it composes lensexp's configs: the resolvers they use, and the one
+warning lensexp's launcher files cause by design. The entry points call `prepare_hydra`."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+from omegaconf import OmegaConf
+
+
+def parallel_jobs(threads_per_job: int | None) -> int:
+    """How many jobs a local parallel launcher runs at once: the cores this process may use
+    divided by each job's threads (`threads_per_job`, null counting as 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, int(threads_per_job or 1)))
+
+
+def ddp_find_unused_parameters(module_target: str) -> bool:
+    """Whether DDP must look for parameters without gradients in the model `module_target`
+    (its class attribute `ddp_find_unused_parameters`; the adversarial SR module sets it)."""
+    module_path, _, name = module_target.rpartition(".")
+    cls = getattr(importlib.import_module(module_path), name)
+    return bool(getattr(cls, "ddp_find_unused_parameters", False))
+
+
+RESOLVERS = {
+    "lensexp.parallel_jobs": parallel_jobs,
+    "lensexp.ddp_find_unused_parameters": ddp_find_unused_parameters,
+}
+
+
+def prepare_hydra() -> None:
+    """Register lensexp's resolvers and silence Hydra's schema-matching notice (idempotent)."""
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+    # conf/hydra/launcher/{joblib,submitit_slurm}.yaml keep the plugins' own option names, so
+    # Hydra checks them against the plugins' schemas (a misspelt key fails) and says that this
+    # matching is deprecated. The files list every key, so they work without it too.
+    warnings.filterwarnings("ignore", message=r"(?s).*validated against ConfigStore schema")
