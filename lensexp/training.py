@@ -20,6 +20,7 @@ from lensexp.builders import (
     build_trainer,
     check_compatible,
     config_from_checkpoint,
+    configure_runtime,
     output_dir,
     read_checkpoint,
 )
@@ -100,6 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     cfg, ckpt_path = resume_config(cfg)
     task = check_compatible(cfg)
+    configure_runtime(cfg)  # before any work; provenance.json records the threads
     out = output_dir(cfg)
     config_path = out / "config.yaml"
     write_text_atomic(config_path, OmegaConf.to_yaml(cfg, resolve=True))
