@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 
 from benchmarks._common import children, compose_cfg, peak_rss_mib, pss_kib
 from lensexp.builders import apply_run_options, build_datamodule, build_module
@@ -116,6 +117,19 @@ def channels_last_step(
             module(batch[0])
     infer_rate = (len(batch_list) - 1) * datamodule.batch_size / (time.perf_counter() - start)
     return {"train_per_s": train_rate, "infer_per_s": infer_rate}
+
+
+class FirstBatchTime(Callback):
+    """Writes the wall-clock time (time.time()) of the first training batch's start to `path`:
+    `python train.py +callbacks.first_batch._target_=benchmarks.probes.FirstBatchTime
+    +callbacks.first_batch.path=FILE` (the start-up benchmark)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        if not self.path.exists():
+            self.path.write_text(repr(time.time()))
 
 
 if __name__ == "__main__":
