@@ -38,11 +38,16 @@ class StoreConfig(Callback):
 class LogHparams(Callback):
     """At the end of training, TensorBoard's HPARAMS entry of the run: the resolved config
     (flattened: `model/backbone`, `optimizer/lr`, ...) and the final epoch's scalar metrics as
-    `final/<metric>` at the last logged step. Once, at the end, so the table shows results (a
+    `final/<metric>` at the last validation's step. Once, at the end, so the table shows results (a
     run stopped early keeps only its scalars)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
+        self.step = 0
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The step of this validation's scalars and figures: the final metrics go there too.
+        self.step = trainer.fit_loop.epoch_loop._batches_that_stepped
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {
@@ -52,10 +57,9 @@ class LogHparams(Callback):
         }
         if not metrics:
             return
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(self.config, metrics=metrics, step=step)
+                logger.log_hyperparams(self.config, metrics=metrics, step=self.step)
 
 
 class InterruptCheckpoint(Callback):
