@@ -105,17 +105,18 @@ def channels_last_step(
             break
         batch_list.append(datamodule.batch_transform(batch, train=True))
     step(batch_list[0], 0)  # warm-up
+    images = sum(len(batch[0]) for batch in batch_list[1:])  # the last batch may be short
     start = time.perf_counter()
     for i, batch in enumerate(batch_list[1:]):
         step(batch, i)
-    train_rate = (len(batch_list) - 1) * datamodule.batch_size / (time.perf_counter() - start)
+    train_rate = images / (time.perf_counter() - start)
     module.eval()
     with torch.inference_mode():
         module(batch_list[0][0])
         start = time.perf_counter()
         for batch in batch_list[1:]:
             module(batch[0])
-    infer_rate = (len(batch_list) - 1) * datamodule.batch_size / (time.perf_counter() - start)
+    infer_rate = images / (time.perf_counter() - start)
     return {"train_per_s": train_rate, "infer_per_s": infer_rate}
 
 
