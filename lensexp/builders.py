@@ -10,6 +10,9 @@ cfg.trainer   -> lightning Trainer, with cfg.callbacks and cfg.logger
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,10 +29,11 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lensexp.callbacks import CONFIG_KEY, StoreConfig
+from lensexp.callbacks import CONFIG_KEY, LogHparams, StoreConfig
+from lensexp.checks import check_int
 from lensexp.errors import LensexpError
 from lensexp.models.weights import load_torch_file
-from lensexp.provenance import provenance
+from lensexp.provenance import provenance, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +142,13 @@ def data_facts(model: DictConfig, datamodule: L.LightningDataModule) -> dict[str
 
 
 def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
-    """The LightningModule, given its loss, optimizer, scheduler and what the data says."""
+    """The LightningModule, given its loss, optimizer, scheduler and what the data says, run
+    as `runtime.channels_last` and `runtime.compile` say (`apply_run_options`)."""
     loss = instantiate(cfg.loss)
     optimizer = instantiate(cfg.optimizer)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     # _convert_: plain lists and dicts in hparams, so checkpoints load with weights_only=True.
-    return instantiate(
+    module = instantiate(
         cfg.model,
         _convert_="all",
         loss=loss,
@@ -150,6 +156,83 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightn
         scheduler=scheduler,
         **data_facts(cfg.model, datamodule),
     )
+    runtime = cfg.get("runtime") or {}
+    return apply_run_options(
+        module,
+        channels_last=bool(runtime.get("channels_last", False)),
+        compile=bool(runtime.get("compile", False)),
+    )
+
+
+def compile_unsupported() -> str | None:
+    """Why torch.compile cannot run here, or None when it can."""
+    from torch import _dynamo
+
+    if not _dynamo.is_dynamo_supported():
+        return f"torch.compile does not support Python {sys.version.split()[0]} here"
+    if not torch.cuda.is_available() and shutil.which(os.environ.get("CXX", "g++")) is None:
+        return "torch.compile on the CPU needs a C++ compiler (g++ or $CXX), none found"
+    return None
+
+
+def apply_run_options(
+    module: L.LightningModule, channels_last: bool = False, compile: bool = False
+) -> L.LightningModule:
+    """`channels_last`: the module's weights in NHWC memory order (convolutions then run and
+    return NHWC; on a GPU with mixed precision often faster, on a CPU measure it:
+    docs/benchmarks.md). `compile`: each network the module holds (its direct children with
+    parameters) compiled in place by torch.compile, so checkpoints keep their parameter names;
+    where torch.compile cannot run, one warning line and the networks run uncompiled."""
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if compile:
+        reason = compile_unsupported()
+        if reason is not None:
+            log.warning("runtime.compile=true: %s; running uncompiled.", reason)
+            return module
+        from torch import _dynamo
+
+        # A network that fails to compile at its first call runs eagerly instead of failing.
+        _dynamo.config.suppress_errors = True
+        for child in module.children():
+            if any(True for _ in child.parameters()):
+                child.compile()
+    return module
+
+
+def _environment_threads() -> int | None:
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def configure_runtime(cfg: DictConfig) -> dict[str, int]:
+    """Set torch's CPU threads from `runtime` (once, before any work): `num_threads` auto =
+    OMP_NUM_THREADS where the environment sets it (a user, or a parallel launcher sharing the
+    cores among its jobs), else the cores this process may use (its affinity, e.g. a SLURM
+    allocation); `num_interop_threads` auto = torch's own choice; or numbers. Returns the
+    settings in force."""
+    runtime = cfg.get("runtime") or {}
+    threads = runtime.get("num_threads", "auto")
+    if threads == "auto":
+        threads = _environment_threads() or usable_cpus()
+    else:
+        threads = check_int("runtime.num_threads", threads, 1)
+    torch.set_num_threads(threads)
+    interop = runtime.get("num_interop_threads", "auto")
+    if interop != "auto":
+        interop = check_int("runtime.num_interop_threads", interop, 1)
+        if interop != torch.get_num_interop_threads():
+            try:
+                torch.set_num_interop_threads(interop)
+            except RuntimeError as err:  # torch allows it only before any inter-op work
+                raise LensexpError(
+                    f"runtime.num_interop_threads={interop}: torch refuses it now ({err}); "
+                    f"set it to auto."
+                ) from err
+    return {
+        "num_threads": torch.get_num_threads(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+    }
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -159,6 +242,7 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     ]
     config = OmegaConf.to_container(cfg, resolve=True)
     callbacks.append(StoreConfig(config, provenance(cfg.paths.root_dir)))
+    callbacks.append(LogHparams(config))
     return callbacks
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,33 @@ class StoreConfig(Callback):
     ) -> None:
         checkpoint[CONFIG_KEY] = self.config
         checkpoint[PROVENANCE_KEY] = self.provenance
+
+
+class LogHparams(Callback):
+    """At the end of training, TensorBoard's HPARAMS entry of the run: the resolved config
+    (flattened: `model/backbone`, `optimizer/lr`, ...) and the final epoch's scalar metrics as
+    `final/<metric>` at the last validation's step. Once, at the end, so the table shows results (a
+    run stopped early keeps only its scalars)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.step = 0
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The step of this validation's scalars and figures: the final metrics go there too.
+        self.step = trainer.fit_loop.epoch_loop._batches_that_stepped
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {
+            f"final/{name}": float(value)
+            for name, value in sorted(trainer.callback_metrics.items())
+            if name.startswith(("val/", "train/")) and value.numel() == 1
+        }
+        if not metrics:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(self.config, metrics=metrics, step=self.step)
 
 
 class InterruptCheckpoint(Callback):

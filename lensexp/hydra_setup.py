@@ -10,11 +10,12 @@ import warnings
 from omegaconf import OmegaConf
 
 
-def parallel_jobs(threads_per_job: int | None) -> int:
+def parallel_jobs(num_threads: int | str | None) -> int:
     """How many jobs a local parallel launcher runs at once: the cores this process may use
-    divided by each job's threads (`threads_per_job`, null counting as 1)."""
+    divided by each job's torch threads (`runtime.num_threads`; auto counting as 1)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, int(threads_per_job or 1)))
+    per_job = int(num_threads) if str(num_threads).isdigit() else 1
+    return max(1, (cores or 1) // max(1, per_job))
 
 
 def ddp_find_unused_parameters(module_target: str) -> bool:

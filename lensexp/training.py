@@ -24,6 +24,7 @@ from lensexp.builders import (
     build_trainer,
     check_compatible,
     config_from_checkpoint,
+    configure_runtime,
     output_dir,
     read_checkpoint,
 )
@@ -192,8 +193,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     cfg, ckpt_path = resume_config(cfg)
     task = check_compatible(cfg)
-    if cfg.get("threads_per_job"):
-        torch.set_num_threads(int(cfg.threads_per_job))
+    configure_runtime(cfg)  # before any work; provenance.json records the threads
     out = output_dir(cfg)
     config_path = out / "config.yaml"
     # Lightning sets the rank from the launcher's environment (LOCAL_RANK, SLURM_PROCID, RANK).

@@ -197,7 +197,7 @@ def test_joblib_multirun_reports_what_the_basic_launcher_does(
 ) -> None:
     # One thread each, as joblib's two workers get on two cores: another thread count sums in
     # another order, which can tip a tiny run's AUC.
-    jobs = ("optimizer.lr=0.001,0.01", "threads_per_job=1")
+    jobs = ("optimizer.lr=0.001,0.01", "runtime.num_threads=1")
     basic = tiny_sweep(tmp_path, classification_root, "basic", *jobs)
     parallel = tiny_sweep(tmp_path, classification_root, "joblib", *jobs, "hydra/launcher=joblib")
     rows = report_rows(basic)

@@ -176,7 +176,8 @@ def test_short_run_through_the_script(classification_root: Path, tmp_path: Path)
     # Not a terminal: one progress line per epoch, with its metrics.
     (epoch_line,) = [line for line in proc.stdout.splitlines() if "epoch 1/1 (step" in line]
     assert "val/auc_micro" in epoch_line
-    (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
+    # The run's TensorBoard folder is named after the model.
+    (events,) = (out / "tensorboard" / "mobilenet_v3_small").glob("events.out.tfevents.*")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tb = EventAccumulator(str(events), size_guidance={"images": 0}).Reload()

@@ -20,6 +20,7 @@ from lensexp.data.cache import cache_folder
 from lensexp.data.datasets import PackedDataset
 from lensexp.data.npy import NORMALIZE
 from lensexp.errors import LensexpError
+from lensexp.provenance import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,15 @@ def seeded_split(
         )
     end = n_val + n_test
     return np.sort(perm[end:]), np.sort(perm[:n_val]), np.sort(perm[n_val:end])
+
+
+def loader_workers(num_workers: int | str) -> int:
+    """`data.num_workers`: a number, or auto. A batch from the memory-mapped cache is one copy,
+    so on the CPU worker processes would only take cores from training: auto = 0 there; with a
+    GPU, auto = half the usable cores, at most 4, to prepare batches while the GPU computes."""
+    if num_workers != "auto":
+        return check_int("data.num_workers", num_workers, 0)
+    return min(4, usable_cpus() // 2) if torch.cuda.is_available() else 0
 
 
 def derived_seed(*parts: int) -> int:
@@ -106,7 +116,7 @@ class NpyDataModule(L.LightningDataModule):
         default_root: str | None = None,
         simulate: dict[str, Any] | None = None,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         pin_memory: bool | None = None,
         cache_dir: str | None = None,
         val_fraction: float = 0.2,
@@ -123,7 +133,7 @@ class NpyDataModule(L.LightningDataModule):
         self.simulated = root is None
         self.simulate = dict(simulate or {})
         self.batch_size = check_int("data.batch_size", batch_size, 1)
-        self.num_workers = int(num_workers)
+        self.num_workers = loader_workers(num_workers)
         self.pin_memory = pin_memory
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.val_fraction = float(val_fraction)

@@ -72,6 +72,13 @@ class TaskModule(L.LightningModule):
                 return logger.experiment
         return None
 
+    @property
+    def logging_step(self) -> int:
+        """The step at which Lightning logs scalars now (training batches that stepped: under
+        manual optimisation `global_step` counts each optimizer's steps), so that figures sit
+        on the scalars' step axis."""
+        return self.trainer.fit_loop.epoch_loop._batches_that_stepped
+
     def write_report(
         self,
         outputs: list[dict[str, Any]],

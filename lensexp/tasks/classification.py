@@ -89,7 +89,8 @@ class ClassifierModule(TaskModule):
         x, y = batch
         logits = self(x)
         loss = self.loss(logits, y)
-        self.train_acc(logits.argmax(dim=1), y)
+        # update, not the metric's call: that also computes a per-step accuracy nobody logs.
+        self.train_acc.update(logits.argmax(dim=1), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
@@ -124,7 +125,7 @@ class ClassifierModule(TaskModule):
         probs, labels = self.val_metrics.samples()
         if not self.trainer.is_global_zero:
             return
-        step = self.current_epoch
+        step = self.logging_step
         writer.add_figure(
             "val/confusion_matrix",
             confusion_matrix_figure(confusion.cpu().numpy(), self.class_names),

@@ -22,7 +22,6 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MaxMetric, MeanMetric
-from torchvision.utils import make_grid
 
 from lensexp.checks import check_choice, check_int
 from lensexp.errors import LensexpError
@@ -34,6 +33,7 @@ from lensexp.metrics.superres import (
     per_image_metrics,
 )
 from lensexp.models.srresnet import load_generator_weights
+from lensexp.reporting.figures import sr_comparison_figure
 from lensexp.tasks.base import OptimizerFactory, TaskModule
 
 Batch = tuple[Tensor, Tensor]
@@ -85,8 +85,8 @@ class SuperResolutionModule(TaskModule):
 
     Logs `train/loss` and `train/loss_<term>`; each validation epoch `val/loss`,
     `val/loss_<term>`, `val/{mse,psnr,ssim}`, the bicubic baseline `val/<metric>_bicubic`,
-    `val/<metric>_gain` (model minus bicubic) and `val/psnr_best`; with TensorBoard an image
-    grid of the first `n_samples` validation pairs.
+    `val/<metric>_gain` (model minus bicubic) and `val/psnr_best`; with TensorBoard the
+    comparison figure (`val/samples`) of the first `n_samples` validation pairs.
 
     `pretrained`: None/`none` (random init) or a generator state-dict file (see
     `load_generator_weights`). `ema_decay` (e.g. 0.999): keep an exponential moving average of
@@ -259,17 +259,17 @@ class SuperResolutionModule(TaskModule):
         return F.interpolate(lr, scale_factor=self.scale, mode="nearest").clamp(0, 1)
 
     def _log_image_grid(self) -> None:
-        """Rows LR (nearest) | bicubic | SR | HR | |SR-HR| (scaled to its maximum), a column per
-        sample; the samples are the first validation items of this process."""
+        """The first validation samples of this process as the report's labelled comparison
+        figure (a row per sample: LR | bicubic | SR | HR | |SR - HR|, PSNRs in the titles), at
+        the step of the scalars logged with it."""
         writer = self.tensorboard()
         if writer is None or not self._samples or not self.trainer.is_global_zero:
             return
-        lr, bicubic, sr, hr = torch.cat(self._samples, dim=1)
-        error = (sr - hr).abs()
-        error = error / error.max().clamp_min(1e-8)
-        rows = torch.cat([lr, bicubic, sr, hr, error]).cpu()
-        grid = make_grid(rows, nrow=lr.shape[0], padding=2, pad_value=1.0)
-        writer.add_image("val/samples", grid, global_step=self.current_epoch)
+        lr, bicubic, sr, hr = torch.cat(self._samples, dim=1).cpu()
+        figure = sr_comparison_figure(
+            lr, bicubic, sr, hr, max_samples=self.n_samples, title=f"epoch {self.current_epoch}"
+        )
+        writer.add_figure("val/samples", figure, global_step=self.logging_step)
 
     # -- prediction (evaluate.py) -------------------------------------------------------------
     def on_predict_epoch_start(self) -> None:

@@ -1,0 +1,95 @@
+"""What the benchmark sections share: composing run configs, the machine's description, memory
+readings (Linux /proc) and running a measurement in its own process (for its peak memory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from lensexp.provenance import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose_cfg(overrides: list[str], data_dir: Path, out: Path) -> DictConfig:
+    """The config `python train.py OVERRIDES` would run, data and outputs where given."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[f"paths.data_dir={data_dir}", f"paths.output_dir={out}", *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def describe_machine() -> str:
+    """One line: CPU model, cores, Python, torch and its threads, GPU."""
+    m = machine()
+    gpu = m["gpu"] or "no GPU"
+    return (
+        f"{m['cpu']}, {m['usable_cpus']} usable of {m['cpu_count']} cores, {gpu}; Python "
+        f"{platform.python_version()}, torch {torch.__version__} ({m['torch_num_threads']} "
+        f"threads, {m['torch_num_interop_threads']} inter-op)"
+    )
+
+
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size (shared pages split among their users), 0 where unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM) so far, MiB."""
+    return _status_kib(os.getpid(), "VmHWM") / 1024
+
+
+def run_probe(name: str, **args: Any) -> dict[str, Any]:
+    """Run `benchmarks.probes.<name>(**args)` in a fresh process; its JSON result."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.probes", name, json.dumps(args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"probe {name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])

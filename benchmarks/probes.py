@@ -1,0 +1,138 @@
+"""Measurements that need a process of their own (peak memory is per process):
+`python -m benchmarks.probes NAME 'JSON_ARGS'` prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+
+from benchmarks._common import children, compose_cfg, peak_rss_mib, pss_kib
+from lensexp.builders import apply_run_options, build_datamodule, build_module
+
+
+def _build(overrides: list[str], data_dir: str, out: str) -> tuple[Any, Any, Any]:
+    cfg = compose_cfg(overrides, Path(data_dir), Path(out))
+    torch.set_num_threads(os.cpu_count() or 1)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    return cfg, datamodule, module
+
+
+def _bare_trainer(cfg: Any, **kwargs: Any) -> Any:
+    return instantiate(
+        cfg.trainer,
+        callbacks=[],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def inference(overrides: list[str], data_dir: str, out: str, batches: int) -> dict[str, Any]:
+    """Images/s of evaluate.py's batched prediction (Trainer.predict, inference_mode) over
+    `batches` batches of the val split, after one warm-up batch; peak memory of the process."""
+    cfg, datamodule, module = _build(overrides, data_dir, out)
+    datamodule.predict_split = "val"
+    datamodule.setup("predict")
+    _bare_trainer(cfg, limit_predict_batches=1, inference_mode=True).predict(
+        module, datamodule=datamodule, return_predictions=False
+    )
+    trainer = _bare_trainer(cfg, limit_predict_batches=batches, inference_mode=True)
+    start = time.perf_counter()
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    seconds = time.perf_counter() - start
+    n = min(batches * datamodule.batch_size, len(datamodule.datasets["val"]))
+    return {"images_per_s": n / seconds, "peak_rss_mib": peak_rss_mib(), "images": n}
+
+
+def loader_memory(overrides: list[str], data_dir: str, out: str, workers: int) -> dict[str, Any]:
+    """One epoch of the training loader with `workers` worker processes: the peak resident
+    memory of this process and the peak sum of the workers' proportional set sizes (their
+    shares of the memory-mapped cache counted once across processes)."""
+    _, datamodule, _ = _build([*overrides, f"data.num_workers={workers}"], data_dir, out)
+    datamodule.setup("fit")
+    me = os.getpid()
+    worker_peak = 0
+    start = time.perf_counter()
+    for _ in datamodule.train_dataloader():
+        worker_peak = max(worker_peak, sum(pss_kib(pid) for pid in children(me)))
+    return {
+        "seconds": time.perf_counter() - start,
+        "main_peak_rss_mib": peak_rss_mib(),
+        "main_pss_mib": pss_kib(me) / 1024,
+        "workers_pss_mib": worker_peak / 1024,
+    }
+
+
+def epoch(overrides: list[str], data_dir: str, out: str) -> dict[str, Any]:
+    """One Lightning training epoch (no validation): seconds and the process's peak memory."""
+    cfg, datamodule, module = _build(overrides, data_dir, out)
+    trainer = _bare_trainer(cfg, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "images": len(datamodule.datasets["train"]),
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def channels_last_step(
+    overrides: list[str], data_dir: str, out: str, batches: int, channels_last: bool
+) -> dict[str, Any]:
+    """Training steps/s and predict images/s of the plain loop with NHWC weights or not."""
+    from benchmarks.bench_train import plain_step
+
+    _, datamodule, module = _build(overrides, data_dir, out)
+    apply_run_options(module, channels_last=channels_last)
+    datamodule.setup("fit")
+    step = plain_step(module)
+    module.train()
+    batch_list = []
+    for i, batch in enumerate(datamodule.train_dataloader()):
+        if i > batches:
+            break
+        batch_list.append(datamodule.batch_transform(batch, train=True))
+    step(batch_list[0], 0)  # warm-up
+    images = sum(len(batch[0]) for batch in batch_list[1:])  # the last batch may be short
+    start = time.perf_counter()
+    for i, batch in enumerate(batch_list[1:]):
+        step(batch, i)
+    train_rate = images / (time.perf_counter() - start)
+    module.eval()
+    with torch.inference_mode():
+        module(batch_list[0][0])
+        start = time.perf_counter()
+        for batch in batch_list[1:]:
+            module(batch[0])
+    infer_rate = images / (time.perf_counter() - start)
+    return {"train_per_s": train_rate, "infer_per_s": infer_rate}
+
+
+class FirstBatchTime(Callback):
+    """Writes the wall-clock time (time.time()) of the first training batch's start to `path`:
+    `python train.py +callbacks.first_batch._target_=benchmarks.probes.FirstBatchTime
+    +callbacks.first_batch.path=FILE` (the start-up benchmark)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        if not self.path.exists():
+            self.path.write_text(repr(time.time()))
+
+
+if __name__ == "__main__":
+    result = globals()[sys.argv[1]](**json.loads(sys.argv[2]))
+    print(json.dumps(result))
