@@ -22,19 +22,10 @@ if str(ROOT) not in sys.path:  # `python benchmarks/bench_sim.py` puts only benc
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_section  # noqa: E402
+from lensexp.provenance import cpu_name  # noqa: E402
 from lensexp.sim import CLASSES, load_preset, make_superres_dataset  # noqa: E402
 from lensexp.sim.dataset import _render_all, classification_plan, resolve_workers  # noqa: E402
 from lensexp.sim.simulate import Simulator  # noqa: E402
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def throughput(cls: str, n: int, processes: int, preset: str) -> float:
@@ -118,7 +109,7 @@ def main() -> None:
         "## Simulator",
         "",
         f"Command: `{command.strip()}` (from the repository root). Machine: {cores} cores "
-        f"({_cpu_name()}), Python {platform.python_version()}.",
+        f"({cpu_name()}), Python {platform.python_version()}.",
         "",
         f"Throughput, preset `{args.preset}` ({args.n_per_class} images per class and run, "
         "process start-up and .npy writing included):",
