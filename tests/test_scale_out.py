@@ -105,6 +105,10 @@ def test_seeded_optuna_search_repeats_records_failures_and_stores_in_sqlite(
     # The stored study, which a rerun with the same storage continues (load_if_exists).
     study = optuna.load_study(study_name="classifier_optuna", storage=storage)
     assert len(study.trials) == 3 and study.best_trial.params == best[0]["best_params"]
+    # Rerun with the same storage (as after an interruption): the study goes on from there.
+    optuna_search(tmp_path, classification_root, "third", *bad, f"hydra.sweeper.storage={storage}")
+    study = optuna.load_study(study_name="classifier_optuna", storage=storage)
+    assert len(study.trials) == 6
 
 
 def test_a_diverged_run_fails() -> None:
