@@ -46,8 +46,9 @@ class LogHparams(Callback):
         self.step = 0
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The step of this validation's scalars and figures: the final metrics go there too.
-        self.step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        # The step of this validation's scalars and figures (TaskModule.logging_step): the
+        # final metrics go there too.
+        self.step = pl_module.logging_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {
