@@ -120,17 +120,22 @@ def channels_last_step(
     return {"train_per_s": train_rate, "infer_per_s": infer_rate}
 
 
-class FirstBatchTime(Callback):
-    """Writes the wall-clock time (time.time()) of the first training batch's start to `path`:
-    `python train.py +callbacks.first_batch._target_=benchmarks.probes.FirstBatchTime
-    +callbacks.first_batch.path=FILE` (the start-up benchmark)."""
+class PhaseTimes(Callback):
+    """Writes the wall-clock times (time.time()) of the first training batch's start and of the
+    end of `fit` to `path` as JSON: `python train.py
+    +callbacks.phases._target_=benchmarks.probes.PhaseTimes +callbacks.phases.path=FILE` (the
+    start-up benchmark; what follows the end of fit is the best checkpoint's reports)."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
+        self.times: dict[str, float] = {}
 
     def on_train_batch_start(self, *args: Any) -> None:
-        if not self.path.exists():
-            self.path.write_text(repr(time.time()))
+        self.times.setdefault("first_batch", time.time())
+
+    def on_fit_end(self, *args: Any) -> None:
+        self.times["fit_end"] = time.time()
+        self.path.write_text(json.dumps(self.times))
 
 
 if __name__ == "__main__":

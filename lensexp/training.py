@@ -59,14 +59,16 @@ def _validate_best(
     """Load the best checkpoint's weights into `module`; return its validation metrics.
 
     When the best checkpoint is the final step of a one-process run, the last validation of
-    `fit` already scored these very weights, so its numbers are taken as they are; otherwise the
+    `fit` already scored these very weights (unless the module evaluates differently outside
+    `fit`: test-time averaging), so its numbers are taken as they are; otherwise the
     checkpoint is validated afresh in this process (as far as the run validated: a limited run
     stays short). After DDP that is always done: `final_metrics` keeps the processes' own.
     """
     if best_path:
         checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint["state_dict"])
-        if checkpoint["global_step"] != trainer.global_step or trainer.world_size > 1:
+        same_as_fit = checkpoint["global_step"] == trainer.global_step
+        if not (same_as_fit and module.evaluates_as_in_fit) or trainer.world_size > 1:
             validated = build_report_trainer(cfg, keep_limits=True).validate(
                 module, datamodule=datamodule, verbose=False
             )[0]

@@ -712,3 +712,16 @@ def test_simulated_64_pixel_presets_train_with_the_default_data_config(tmp_path,
         else:
             assert row["axion_mass"] == expected == ""
     assert (report / "physics.csv").is_file() and (report / "physics.png").is_file()
+
+
+def test_a_simulated_dataset_is_checked_once_per_data_module(tmp_path, cache_dir, monkeypatch):
+    """Lightning calls prepare_data before fit and before every later evaluation; the dataset
+    check (or simulation) runs once, not each time."""
+    dm = LensClassificationDataModule(
+        default_root=str(tmp_path / "sim"), simulate={"n_per_class": 2}, cache_dir=str(cache_dir)
+    )
+    calls = []
+    monkeypatch.setattr(dm, "make_default_dataset", lambda: calls.append(1))
+    for _ in range(3):
+        dm.prepare_data()
+    assert calls == [1]

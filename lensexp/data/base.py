@@ -150,6 +150,7 @@ class NpyDataModule(L.LightningDataModule):
         self.normalize = check_choice("data.normalize", normalize, NORMALIZE)
         self.datasets: dict[str, PackedDataset] = {}
         self.files: dict[str, list[Path]] = {}
+        self._prepared = False
 
     # -- subclass hooks ---------------------------------------------------------------------
     def make_default_dataset(self) -> None:  # pragma: no cover - overridden
@@ -182,8 +183,13 @@ class NpyDataModule(L.LightningDataModule):
         return cache_folder(base, self.root)
 
     def prepare_data(self) -> None:
+        # Lightning calls this before fit and before each later evaluation; once is enough
+        # (checking a simulated dataset costs about 0.15 s).
+        if self._prepared:
+            return
         if self.simulated:
             self.make_default_dataset()
+            self._prepared = True
         elif not self.root.is_dir():
             raise LensexpError(f"data.root={self.root}: no such folder. {self.layout_help()}")
 

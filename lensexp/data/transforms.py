@@ -39,6 +39,16 @@ def random_dihedral(*images: Tensor, flips: bool = True, rot90: bool = True) -> 
     return tuple(out)
 
 
+def dihedral_views(x: Tensor) -> list[Tensor]:
+    """The eight images of each square image under the symmetries of the square: the four
+    90-degree rotations, each also mirrored; the first view is `x` itself."""
+    views = []
+    for k in range(4):
+        turned = torch.rot90(x, k, dims=(-2, -1)) if k else x
+        views += [turned, turned.flip(-1)]
+    return views
+
+
 def random_patches(lr: Tensor, hr: Tensor, size: int, scale: int) -> tuple[Tensor, Tensor]:
     """A random `size` x `size` patch of each LR image and the `scale`-times larger HR patch
     over the same sky (BasicSR's paired random crop), drawn per sample."""

@@ -9,11 +9,22 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
 from torch.optim import Optimizer
 
+from lensexp.data.transforms import dihedral_views
 from lensexp.errors import LensexpError
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
+TTA_CHOICES = ("none", "dihedral")
+
+
+def check_tta(tta: str) -> str:
+    """`tta` if it is a known test-time averaging, else one clear error naming `model.tta`."""
+    if tta not in TTA_CHOICES:
+        raise LensexpError(f"model.tta={tta!r}: choose one of {', '.join(TTA_CHOICES)}.")
+    return tta
 
 
 class TaskModule(L.LightningModule):
@@ -32,6 +43,8 @@ class TaskModule(L.LightningModule):
     # Whether pretrained weights were loaded (recorded in results.json and checkpoints, so a
     # run trained from scratch because no weights were reachable can't pass for a pretrained one).
     pretrained_loaded: bool | None = None
+    # Test-time averaging, for tasks that offer it (`model.tta`): "none" or "dihedral".
+    tta: str = "none"
 
     def __init__(
         self, optimizer: OptimizerFactory, scheduler: Mapping[str, Any] | None = None
@@ -57,6 +70,20 @@ class TaskModule(L.LightningModule):
         if spec.get("monitor"):
             config["monitor"] = spec["monitor"]
         return config
+
+    @property
+    def evaluates_as_in_fit(self) -> bool:
+        """Whether evaluation outside `fit` scores as fit's validation does (false with
+        test-time averaging), so fit's last validation numbers may stand for the final weights."""
+        return self.tta == "none"
+
+    def evaluation_views(self, x: Tensor) -> list[Tensor]:
+        """The views of a batch to average predictions over: with `tta="dihedral"` outside
+        `fit`, the eight flips and rotations of the square (which leave a lensing image equally
+        likely); otherwise the batch alone. The validation of each training epoch, which picks
+        the best checkpoint, stays one pass: eight would cost most of an epoch on a CPU."""
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        return [x] if self.tta == "none" or fitting else dihedral_views(x)
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
         """Parameters the (first) optimizer updates."""

@@ -17,7 +17,7 @@ from lensexp.metrics.classification import ClassificationMetrics
 from lensexp.models.backbones import ImageClassifier
 from lensexp.reporting.classification import write_classification_report
 from lensexp.reporting.figures import confusion_matrix_figure, roc_figure
-from lensexp.tasks.base import OptimizerFactory, TaskModule
+from lensexp.tasks.base import OptimizerFactory, TaskModule, check_tta
 
 # Metrics whose best-so-far value is logged as `<name>_best` (all of them: higher is better).
 TRACKED_BEST = ("acc", "auc_micro", "auc_macro")
@@ -31,6 +31,10 @@ class ClassifierModule(TaskModule):
     matrix and ROC curves of each validation epoch. `predict_step` returns probabilities and
     labels, which `write_report` turns into the evaluation report. `class_names` and
     `in_channels` (the images' bands) come from the data module (`state_for_model`).
+
+    `tta="dihedral"`: evaluation outside `fit` (the best checkpoint's reports, `evaluate.py`)
+    averages the class probabilities over the eight flips and rotations of the square
+    (`TaskModule.evaluation_views`).
     """
 
     task = "classification"
@@ -50,11 +54,13 @@ class ClassifierModule(TaskModule):
         bn_momentum: float | None = None,
         imagenet_weights: str = "DEFAULT",
         head: str = "last_linear",
+        tta: str = "none",
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.class_names = [str(c) for c in class_names]
         if len(self.class_names) < 2:
             raise LensexpError(f"data.classes={self.class_names}: need at least two classes.")
+        self.tta = check_tta(tta)
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         self.net = ImageClassifier(
             backbone=backbone,
@@ -84,6 +90,17 @@ class ClassifierModule(TaskModule):
         """Logits (N, n_classes) of images (N, in_channels, H, W)."""
         return self.net(x)
 
+    def evaluation_logits(self, x: Tensor) -> Tensor:
+        """Logits for evaluation; over several views (test-time averaging), the log of the
+        averaged class probabilities: its softmax is that average, so the loss and the metrics
+        read it like any logits."""
+        views = self.evaluation_views(x)
+        if len(views) == 1:
+            return self(x)
+        # One view at a time: on a CPU a batch 8 times larger runs slower per image.
+        probs = torch.stack([self(v).float().softmax(dim=1) for v in views]).mean(dim=0)
+        return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -98,7 +115,7 @@ class ClassifierModule(TaskModule):
     # -- validation -----------------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self(x)
+        logits = self.evaluation_logits(x)
         self.val_metrics.update(logits.float().softmax(dim=1), y)
         self.val_loss.update(self.loss(logits, y), weight=y.shape[0])
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -140,7 +157,7 @@ class ClassifierModule(TaskModule):
     # -- evaluation -----------------------------------------------------------------------
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
-        probs = self(x).float().softmax(dim=1)
+        probs = self.evaluation_logits(x).float().softmax(dim=1)
         return {"probs": probs.cpu(), "labels": y.cpu()}
 
     def write_report(

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from lensexp.metrics.regression import RegressionMetrics
 from lensexp.models.backbones import ImageClassifier
 from lensexp.reporting.regression import write_regression_report
-from lensexp.tasks.base import OptimizerFactory, TaskModule
+from lensexp.tasks.base import OptimizerFactory, TaskModule, check_tta
 
 
 class AxionMassRegressor(TaskModule):
@@ -22,6 +22,8 @@ class AxionMassRegressor(TaskModule):
     than 23 units away. Logs `train/loss`, `val/loss`, `val/mae`, `val/rmse`, `val/r2` (in
     log10 mass; see `lensexp.metrics.regression`). The backbone options are the classifier's
     (`lensexp.models.backbones.ImageClassifier`); `in_channels` comes from the data.
+    `tta="dihedral"` averages the prediction over the eight flips and rotations of the square
+    outside `fit` (`TaskModule.evaluation_views`).
     """
 
     task = "regression"
@@ -41,8 +43,10 @@ class AxionMassRegressor(TaskModule):
         imagenet_weights: str = "DEFAULT",
         head: str = "last_linear",
         target_center: float = -23.0,
+        tta: str = "none",
     ) -> None:
         super().__init__(optimizer, scheduler)
+        self.tta = check_tta(tta)
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         self.net = ImageClassifier(
             backbone=backbone,
@@ -65,6 +69,10 @@ class AxionMassRegressor(TaskModule):
         """log10(axion mass / eV) (N,) of images (N, in_channels, H, W)."""
         return self.target_center + self.net(x).float().squeeze(1)
 
+    def evaluation_prediction(self, x: Tensor) -> Tensor:
+        """The prediction for evaluation: averaged over the views (test-time averaging)."""
+        return torch.stack([self(v) for v in self.evaluation_views(x)]).mean(dim=0)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = self.loss(self(x), y.float())
@@ -73,7 +81,7 @@ class AxionMassRegressor(TaskModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        prediction = self(x)
+        prediction = self.evaluation_prediction(x)
         self.val_metrics.update(prediction, y)
         self.log("val/loss", self.loss(prediction, y.float()), on_epoch=True, prog_bar=True)
 
@@ -84,7 +92,7 @@ class AxionMassRegressor(TaskModule):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
-        return {"prediction": self(x).cpu(), "target": y.float().cpu()}
+        return {"prediction": self.evaluation_prediction(x).cpu(), "target": y.float().cpu()}
 
     def write_report(
         self,
