@@ -56,15 +56,23 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def _smaps_kib(pid: int, *keys: str) -> int:
+    """The sum of `keys` in /proc/PID/smaps_rollup (kB), 0 where unreadable."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in lines if line.split(":")[0] in keys)
+
+
 def pss_kib(pid: int) -> int:
     """Proportional set size (shared pages split among their users), 0 where unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _smaps_kib(pid, "Pss")
+
+
+def private_kib(pid: int) -> int:
+    """Pages of `pid` that no other process shares (clean or dirty), 0 where unreadable."""
+    return _smaps_kib(pid, "Private_Clean", "Private_Dirty")
 
 
 def children(pid: int) -> list[int]:

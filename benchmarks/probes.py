@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
-from benchmarks._common import children, compose_cfg, peak_rss_mib, pss_kib
+from benchmarks._common import children, compose_cfg, peak_rss_mib, private_kib, pss_kib
 from lensexp.builders import apply_run_options, build_datamodule, build_module
 
 
@@ -56,21 +56,28 @@ def inference(overrides: list[str], data_dir: str, out: str, batches: int) -> di
 
 
 def loader_memory(overrides: list[str], data_dir: str, out: str, workers: int) -> dict[str, Any]:
-    """One epoch of the training loader with `workers` worker processes: the peak resident
-    memory of this process and the peak sum of the workers' proportional set sizes (their
-    shares of the memory-mapped cache counted once across processes)."""
+    """Two epochs of the training loader with `workers` worker processes. The memory of all
+    the processes together is the sum of their proportional set sizes (PSS: a page shared by
+    k processes counts 1/k in each) taken at one instant; its peak over the epochs, and at that
+    instant the workers' private pages (what they hold that no other process shares)."""
     _, datamodule, _ = _build([*overrides, f"data.num_workers={workers}"], data_dir, out)
     datamodule.setup("fit")
     me = os.getpid()
-    worker_peak = 0
+    peak = private = 0.0
     start = time.perf_counter()
-    for _ in datamodule.train_dataloader():
-        worker_peak = max(worker_peak, sum(pss_kib(pid) for pid in children(me)))
+    for _ in range(2):
+        for _ in datamodule.train_dataloader():
+            workers_now = children(me)
+            total = sum(pss_kib(pid) for pid in [me, *workers_now]) / 1024
+            if total > peak:
+                peak = total
+                private = sum(private_kib(pid) for pid in workers_now) / 1024
     return {
-        "seconds": time.perf_counter() - start,
+        "seconds": (time.perf_counter() - start) / 2,
+        "images": len(datamodule.datasets["train"]),
         "main_peak_rss_mib": peak_rss_mib(),
-        "main_pss_mib": pss_kib(me) / 1024,
-        "workers_pss_mib": worker_peak / 1024,
+        "total_pss_mib": peak,
+        "workers_private_mib": private,
     }
 
 

@@ -14,6 +14,7 @@ from lensexp.builders import (
     build_report_trainer,
     check_compatible,
     config_from_checkpoint,
+    configure_runtime,
     fill_pre_test_split_defaults,
     read_checkpoint,
 )
@@ -92,6 +93,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"hydra.run.dir={out_dir}: a training run's folder; evaluate.py writes its report into "
             f"a folder of its own (leave hydra.run.dir unset: outputs/eval/runs/<stamp>)."
         )
+    configure_runtime(cfg)
     checkpoint = None
     run = cfg
     pretrained = OmegaConf.select(cfg, "model.pretrained")

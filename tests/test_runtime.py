@@ -103,3 +103,20 @@ def test_loader_workers() -> None:
     assert loader_workers("auto") == expected
     with pytest.raises(LensexpError, match="data.num_workers=-1"):
         loader_workers(-1)
+
+
+def test_evaluate_applies_the_runtime_threads(
+    classification_root: Path, tmp_path: Path, threads
+) -> None:
+    """evaluate.py sets torch's threads from `runtime` as train.py does (it composes the same
+    `runtime` group); a checkpoint carries no run settings of its own."""
+    from lensexp.evaluation import evaluate
+    from lensexp.training import train
+    from tests.helpers import compose_cfg
+    from tests.test_train import quick
+
+    results = train(compose_cfg(tmp_path / "train", quick(classification_root, "debug=limit")))
+    torch.set_num_threads(2)
+    overrides = [f"ckpt_path={results['best_checkpoint']}", "trainer=cpu", "runtime.num_threads=1"]
+    evaluate(compose_cfg(tmp_path / "eval", overrides, "eval"))
+    assert torch.get_num_threads() == 1

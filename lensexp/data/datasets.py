@@ -43,6 +43,10 @@ class PackedDataset(Dataset):
             self._maps = [np.load(a, mmap_mode="r") for a in self.arrays]
         return self._maps
 
+    def close(self) -> None:
+        """Unmap the arrays (they are mapped again on the next read)."""
+        self._maps = None
+
     def __len__(self) -> int:
         return len(self.indices)
 
