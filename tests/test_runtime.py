@@ -120,3 +120,19 @@ def test_evaluate_applies_the_runtime_threads(
     overrides = [f"ckpt_path={results['best_checkpoint']}", "trainer=cpu", "runtime.num_threads=1"]
     evaluate(compose_cfg(tmp_path / "eval", overrides, "eval"))
     assert torch.get_num_threads() == 1
+
+
+def test_the_default_run_trains_in_channels_last(tmp_path: Path) -> None:
+    """NHWC is the default layout (measured faster on the CPU: docs/benchmarks.md); a run can
+    still choose NCHW."""
+    from lensexp.builders import build_datamodule, build_module
+    from tests.helpers import compose_cfg, make_classification_folder
+
+    root = make_classification_folder(tmp_path / "cls", 2, size=32, n_val=1)
+    for flag, layout in (([], torch.channels_last), (["runtime.channels_last=false"], None)):
+        cfg = compose_cfg(tmp_path, [f"data.root={root}", "model.pretrained=none", *flag])
+        module = build_module(cfg, build_datamodule(cfg))
+        convs = [m.weight for m in module.modules() if isinstance(m, nn.Conv2d)]
+        assert convs and all(
+            w.is_contiguous(memory_format=layout or torch.contiguous_format) for w in convs
+        )
