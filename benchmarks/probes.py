@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
 from benchmarks._common import children, compose_cfg, peak_rss_mib, private_kib, pss_kib
-from lensexp.builders import apply_run_options, build_datamodule, build_module
+from lensexp.builders import build_datamodule, build_module
 
 
 def _build(overrides: list[str], data_dir: str, out: str) -> tuple[Any, Any, Any]:
@@ -101,8 +101,8 @@ def channels_last_step(
     """Training steps/s and predict images/s of the plain loop with NHWC weights or not."""
     from benchmarks.bench_train import plain_step
 
-    _, datamodule, module = _build(overrides, data_dir, out)
-    apply_run_options(module, channels_last=channels_last)
+    layout = f"runtime.channels_last={str(channels_last).lower()}"
+    _, datamodule, module = _build([*overrides, layout], data_dir, out)
     datamodule.setup("fit")
     step = plain_step(module)
     module.train()
