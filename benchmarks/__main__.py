@@ -3,6 +3,7 @@
     python -m benchmarks            # the full run (tens of minutes on 2 CPU cores)
     python -m benchmarks --quick    # a few batches each: does every section run? (not figures)
     python -m benchmarks --only data startup
+    python -m benchmarks --only gpu # on a GPU machine (issue #12's GPU figures)
 
 Each section replaces its own part of docs/benchmarks.md (the simulator's is
 benchmarks/bench_sim.py's). Figures with a peer (Lightning vs a plain loop, lensexp's loading vs
@@ -16,7 +17,7 @@ import argparse
 import datetime as dt
 import time
 
-from benchmarks import bench_data, bench_runtime, bench_startup, bench_train
+from benchmarks import bench_data, bench_gpu, bench_runtime, bench_startup, bench_train
 from benchmarks._common import describe_machine
 from benchmarks._report import write_section
 
@@ -25,6 +26,8 @@ SECTIONS = {
     "data": lambda quick: bench_data.main(quick=quick),
     "runtime": lambda quick: bench_runtime.main(quick=quick),
     "startup": lambda quick: bench_startup.main(quick=quick),
+    # Without a CUDA device the full run only says so; --quick checks it on the CPU.
+    "gpu": lambda quick: bench_gpu.main(quick=quick),
 }
 
 

@@ -26,10 +26,10 @@ def _build(overrides: list[str], data_dir: str, out: str) -> tuple[Any, Any, Any
     return cfg, datamodule, module
 
 
-def _bare_trainer(cfg: Any, **kwargs: Any) -> Any:
+def _bare_trainer(cfg: Any, callbacks: list[Callback] | None = None, **kwargs: Any) -> Any:
     return instantiate(
         cfg.trainer,
-        callbacks=[],
+        callbacks=callbacks or [],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -92,6 +92,47 @@ def epoch(overrides: list[str], data_dir: str, out: str) -> dict[str, Any]:
         "seconds": seconds,
         "images": len(datamodule.datasets["train"]),
         "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+class _StepClock(Callback):
+    """Wall-clock time at the end of each training batch (after the device finished it)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+
+def train_throughput(
+    overrides: list[str], data_dir: str, out: str, batches: int, warmup: int
+) -> dict[str, Any]:
+    """Images (or pairs) per second of Lightning training steps as `train.py` runs them with
+    `overrides` (trainer, precision, runtime.channels_last, runtime.compile), over the batches
+    after the first `warmup` (which include torch.compile's compilation); peak device memory."""
+    cfg, datamodule, module = _build(overrides, data_dir, out)
+    clock = _StepClock()
+    trainer = _bare_trainer(
+        cfg, callbacks=[clock], max_epochs=1, limit_train_batches=batches,
+        limit_val_batches=0, num_sanity_val_steps=0,
+    )  # fmt: skip
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit(module, datamodule=datamodule)
+    timed = len(clock.times) - warmup
+    if warmup < 1 or timed < 1:
+        raise ValueError(f"{len(clock.times)} batches ran; need warmup >= 1 and more batches")
+    images = timed * datamodule.batch_size
+    seconds = clock.times[-1] - clock.times[warmup - 1]
+    return {
+        "images_per_s": images / seconds,
+        "batches": timed,
+        "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else None,
     }
 
 
