@@ -53,7 +53,7 @@ def classifier(tta: str) -> ClassifierModule:
 
 
 def test_averaged_probabilities_are_the_mean_over_the_symmetries_and_invariant() -> None:
-    images = torch.rand(2, 1, 32, 32)
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     single, averaged = classifier("none"), classifier("dihedral")
     with torch.inference_mode():
         probs = averaged.evaluation_logits(images).softmax(dim=1)
@@ -82,7 +82,7 @@ def test_regression_averages_the_prediction_over_the_symmetries() -> None:
     ).eval()
     torch.manual_seed(0)
     module.net = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 1))
-    images = torch.rand(2, 1, 32, 32)
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = torch.stack([module(v) for v in dihedral_views(images)]).mean(dim=0)
         assert torch.allclose(module.evaluation_prediction(images), expected)
