@@ -14,8 +14,10 @@ network in one of two ways (`input_adapter`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,17 +27,20 @@ from torchvision.models import WeightsEnum
 
 from lensexp.checks import check_choice, check_int
 from lensexp.errors import LensexpError
+from lensexp.models.small_resnet import SmallResNet
 from lensexp.models.weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     KEYWORDS,
+    TORCHVISION_WEIGHTS,
     load_pretrained,
     read_state_dict,
 )
 
 # Prefix of the option names in error messages (the Hydra path of the classifier's config).
 OPTION = "model"
-INPUT_ADAPTERS = ("repeat", "first_conv")
+# none: the images reach the network as they are (lensexp's own networks, made for the bands).
+INPUT_ADAPTERS = ("repeat", "first_conv", "none")
 NORMALIZE = ("auto", "imagenet", "none")
 
 
@@ -89,6 +94,11 @@ BACKBONES: dict[str, Backbone] = {
         "classifier",
     ),
 }
+
+
+# lensexp's own networks: built for the data's bands and classes, no ImageNet weights; their
+# constructor's knobs come from `model.architecture`.
+NATIVE: dict[str, Callable[..., nn.Module]] = {"small_resnet": SmallResNet}
 
 
 def locate(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:
@@ -172,14 +182,29 @@ def _check_options(
     dropout: float | None,
     bn_momentum: float | None,
     head: str,
+    pretrained: str | None,
+    architecture: Mapping[str, Any] | None,
 ) -> None:
     """Refuse a bad `ImageClassifier` option in one line naming its config key."""
-    check_choice(f"{OPTION}.backbone", backbone, list(BACKBONES))
+    check_choice(f"{OPTION}.backbone", backbone, [*BACKBONES, *NATIVE])
     check_choice(f"{OPTION}.head", head, HEADS)
     check_choice(f"{OPTION}.input_adapter", input_adapter, INPUT_ADAPTERS)
     check_choice(f"{OPTION}.normalize", normalize, NORMALIZE)
     check_int(f"{OPTION}.num_classes", num_classes, 1)  # 1: a regression output
     check_int(f"{OPTION}.in_channels", in_channels, 1)
+    if backbone in NATIVE:
+        _check_native_options(backbone, input_adapter, normalize, pretrained)
+    else:
+        if input_adapter == "none":
+            raise LensexpError(
+                f"{OPTION}.input_adapter=none: {backbone} is an RGB network; use repeat or "
+                f"first_conv (none is for lensexp's own networks: {', '.join(NATIVE)})."
+            )
+        if architecture:
+            raise LensexpError(
+                f"{OPTION}.architecture: {backbone}'s architecture is torchvision's; the key "
+                f"sets the knobs of lensexp's own networks ({', '.join(NATIVE)}). Remove it."
+            )
     if input_adapter == "repeat" and in_channels not in (1, 3):
         raise LensexpError(
             f"{OPTION}.input_adapter=repeat takes 1 or 3 input channels, not {in_channels}; "
@@ -189,6 +214,27 @@ def _check_options(
         raise LensexpError(f"{OPTION}.dropout={dropout}: must be in [0, 1), or null.")
     if bn_momentum is not None and not 0.0 < float(bn_momentum) <= 1.0:
         raise LensexpError(f"{OPTION}.bn_momentum={bn_momentum}: must be in (0, 1], or null.")
+
+
+def _check_native_options(
+    backbone: str, input_adapter: str, normalize: str, pretrained: str | None
+) -> None:
+    """Refuse the RGB/ImageNet options that mean nothing for lensexp's own networks."""
+    if input_adapter != "none":
+        raise LensexpError(
+            f"{OPTION}.input_adapter={input_adapter}: {backbone} takes the data's bands as they "
+            f"are; set {OPTION}.input_adapter=none (conf/model/{backbone}.yaml does)."
+        )
+    if normalize == "imagenet":
+        raise LensexpError(
+            f"{OPTION}.normalize=imagenet: {backbone} has no ImageNet weights to match; use "
+            f"{OPTION}.normalize=none or auto."
+        )
+    if str(pretrained) in TORCHVISION_WEIGHTS:
+        raise LensexpError(
+            f"{OPTION}.pretrained={pretrained}: {backbone} has no ImageNet weights; use "
+            f"{OPTION}.pretrained=none, or a path to a state dict of this network."
+        )
 
 
 def _replace_head(
@@ -247,8 +293,36 @@ def _finished_classifier(
     return net
 
 
+def _native_network(
+    backbone: str,
+    in_channels: int,
+    num_classes: int,
+    dropout: float | None,
+    architecture: Mapping[str, Any] | None,
+) -> nn.Module:
+    """lensexp's own network `backbone` with the knobs in `architecture`."""
+    build = NATIVE[backbone]
+    knobs = dict(architecture or {})
+    allowed = [
+        name
+        for name in inspect.signature(build).parameters
+        if name not in ("in_channels", "num_classes", "dropout")
+    ]
+    unknown = sorted(set(knobs) - set(allowed))
+    if unknown:
+        raise LensexpError(
+            f"{OPTION}.architecture.{unknown[0]}: not a knob of {backbone}; "
+            f"its knobs are {', '.join(allowed)}."
+        )
+    return build(in_channels=in_channels, num_classes=num_classes, dropout=dropout, **knobs)
+
+
 class ImageClassifier(nn.Module):
-    """torchvision backbone with a fresh `num_classes` head: (N, in_channels, H, W) -> logits.
+    """torchvision backbone with a fresh `num_classes` head: (N, in_channels, H, W) -> logits;
+    or one of lensexp's own networks (`NATIVE`: `small_resnet`), built for the data's bands.
+
+    - `architecture`: the own network's constructor knobs (e.g. `widths`, `n_blocks` of
+      `SmallResNet`); it takes `input_adapter="none"` and `pretrained` none or a path only.
 
     - `pretrained`: `auto|imagenet|none|random` or a path to a state dict: either of the
       torchvision network with its 1000-class ImageNet head (loaded before the head is
@@ -282,21 +356,27 @@ class ImageClassifier(nn.Module):
         bn_momentum: float | None = None,
         imagenet_weights: str = "DEFAULT",
         head: str = "last_linear",
+        architecture: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Every option is checked before the (possibly slow) weight loading.
         _check_options(
             backbone, num_classes, in_channels, input_adapter, normalize, dropout, bn_momentum,
-            head,
+            head, pretrained, architecture,
         )  # fmt: skip
         self.backbone = backbone
         self.input_adapter = input_adapter
         self.in_channels = in_channels
         self.num_classes = num_classes
-        spec = BACKBONES[backbone]
-        weights = spec.imagenet_weights(imagenet_weights)
-        net = _finished_classifier(spec, backbone, num_classes, dropout, head, pretrained)
-        self.pretrained_loaded = net is not None
+        if backbone in NATIVE:
+            net = _native_network(backbone, in_channels, num_classes, dropout, architecture)
+            # Only a state dict of this very network can fill it (pretrained=none|path).
+            self.pretrained_loaded = load_pretrained(net, pretrained, None, f"{OPTION}.pretrained")
+        else:
+            spec = BACKBONES[backbone]
+            weights = spec.imagenet_weights(imagenet_weights)
+            net = _finished_classifier(spec, backbone, num_classes, dropout, head, pretrained)
+            self.pretrained_loaded = net is not None
         if net is None:
             # ImageNet-format weights (or none) fit the network before its head is replaced.
             net = spec.build(weights=None)

@@ -86,7 +86,7 @@ def fetch_torchvision_weights(weights: WeightsEnum) -> dict[str, torch.Tensor]:
 def load_pretrained(
     model: nn.Module,
     spec: str | None,
-    weights: WeightsEnum,
+    weights: WeightsEnum | None,
     option: str,
     remap: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     offer_none: bool = True,
@@ -102,6 +102,7 @@ def load_pretrained(
     if spec in NO_WEIGHTS:
         return False
     if spec in TORCHVISION_WEIGHTS:
+        assert weights is not None, f"{option}={spec}: no torchvision weights for this network"
         try:
             state = fetch_torchvision_weights(weights)
         except Exception as err:  # URLError, timeouts, hash mismatch: all mean "not available"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class ClassifierModule(TaskModule):
         bn_momentum: float | None = None,
         imagenet_weights: str = "DEFAULT",
         head: str = "last_linear",
+        architecture: Mapping[str, Any] | None = None,
         tta: str = "none",
     ) -> None:
         super().__init__(optimizer, scheduler)
@@ -73,6 +74,7 @@ class ClassifierModule(TaskModule):
             bn_momentum=bn_momentum,
             imagenet_weights=imagenet_weights,
             head=head,
+            architecture=architecture,
         )
         self.pretrained_loaded = bool(self.net.pretrained_loaded)
         self.loss = loss

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class AxionMassRegressor(TaskModule):
         bn_momentum: float | None = None,
         imagenet_weights: str = "DEFAULT",
         head: str = "last_linear",
+        architecture: Mapping[str, Any] | None = None,
         target_center: float = -23.0,
         tta: str = "none",
     ) -> None:
@@ -59,6 +61,7 @@ class AxionMassRegressor(TaskModule):
             bn_momentum=bn_momentum,
             imagenet_weights=imagenet_weights,
             head=head,
+            architecture=architecture,
         )
         self.pretrained_loaded = bool(self.net.pretrained_loaded)
         self.target_center = float(target_center)
