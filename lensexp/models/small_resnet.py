@@ -3,8 +3,8 @@
 torchvision's ImageNet networks expect three channels and (for their speed) strong early
 downsampling made for 224 px photographs. A lensing image is one band of 150 px whose signal
 (subhalo or vortex distortions of the ring) is a few pixels wide; this network takes the bands as
-they are, halves the resolution once in its stem and then once per stage, and is small enough to
-train from scratch on a CPU.
+they are, quarters the resolution in its stem (conv and max-pool) and halves it once per later
+stage, and is small enough to train from scratch on a CPU.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class SmallResNet(nn.Module):
     - `widths`: channels of each stage; the first stage keeps the stem's resolution, each
       later one halves it.
     - `n_blocks`: basic blocks per stage (as many entries as `widths`).
-    - `stem_stride`: stride of the 3x3 stem conv (2: a 150 px image enters the first stage at
-      75 px); `stem_pool`: a 3x3 max-pool of stride 2 after the stem (ResNet's; halves again).
+    - `stem_stride`: stride of the 3x3 stem conv (2: 150 px -> 75 px); `stem_pool`: a 3x3
+      max-pool of stride 2 after it (ResNet's: 75 -> 38 px into the first stage).
     - `dropout`: probability of a dropout before the final linear layer `fc`, or None.
     """
 
@@ -58,10 +58,10 @@ class SmallResNet(nn.Module):
         self,
         in_channels: int = 1,
         num_classes: int = 3,
-        widths: Sequence[int] = (16, 32, 64, 128),
+        widths: Sequence[int] = (32, 64, 128, 256),
         n_blocks: Sequence[int] = (1, 1, 1, 1),
         stem_stride: int = 2,
-        stem_pool: bool = False,
+        stem_pool: bool = True,
         dropout: float | None = None,
     ) -> None:
         super().__init__()
