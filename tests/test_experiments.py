@@ -85,7 +85,7 @@ def test_sweep_files_cover_every_trail_and_change() -> None:
     assert sorted(changes) == sorted(["none", *TRAILS])
     backbones = sweep_values("classifier_backbones", "model")
     assert sorted(backbones) == ["efficientnet_b0", "mobilenet_v3_large", "mobilenet_v3_small",
-                                 "resnet18"]  # fmt: skip
+                                 "resnet18", "small_resnet"]  # fmt: skip
 
 
 @pytest.mark.parametrize("trail", ["trail_baseline", "trail_prelu", "trail_adversarial"])
