@@ -24,7 +24,10 @@ from benchmarks._report import write_section  # noqa: E402
 from lensexp.builders import build_datamodule  # noqa: E402
 
 MODELS = {
-    "classifier, mobilenet_v3_small, 150 px": ["model.pretrained=none", "data.batch_size=64"],
+    "classifier, small_resnet, 150 px": ["model=small_resnet", "data.batch_size=64"],
+    "classifier, mobilenet_v3_small, 150 px": [
+        "model=mobilenet_v3_small", "model.pretrained=none", "data.batch_size=64",
+    ],
     "srresnet 16 blocks": ["model=srresnet", "data.batch_size=16"],
 }
 # (label, overrides) of each training setting, on the GPU; --quick swaps trainer=gpu for cpu.

@@ -141,11 +141,18 @@ def test_plateau_trail_lowers_the_lr_after_one_epoch_without_improvement(tmp_pat
 
 
 def test_default_run_is_the_measured_cpu_choice(tmp_path: Path) -> None:
-    """`python train.py` trains MobileNetV3-Small for 30 epochs and reports with test-time
-    averaging (docs/benchmarks.md); the epochs are the classifiers' own default, so SR keeps 10
-    and the command line still wins; the reference recipe evaluates each image once."""
+    """`python train.py` trains the small one-band ResNet from scratch (nothing to download: the
+    same run online or offline) for 30 epochs and reports with test-time averaging
+    (docs/benchmarks.md); the epochs are the classifiers' own default, so SR keeps 10 and the
+    command line still wins; the reference recipe evaluates each image once."""
     cfg = composed(tmp_path)
-    assert (cfg["model.backbone"], cfg["trainer.max_epochs"]) == ("mobilenet_v3_small", 30)
+    assert (cfg["model.backbone"], cfg["trainer.max_epochs"]) == ("small_resnet", 30)
+    assert (cfg["model.pretrained"], cfg["model.input_adapter"]) == ("none", "none")
+    knobs = {k: v for k, v in cfg.items() if k.startswith("model.architecture.")}
+    assert knobs == {
+        "model.architecture.widths": [32, 64, 128, 256], "model.architecture.n_blocks": [1, 1, 1, 1],
+        "model.architecture.stem_stride": 2, "model.architecture.stem_pool": True,
+    }  # fmt: skip
     assert cfg["model.tta"] == "dihedral"
     assert composed(tmp_path, "experiment=reference_classifier")["model.tta"] == "none"
     assert composed(tmp_path, "model=resnet18")["trainer.max_epochs"] == 30
