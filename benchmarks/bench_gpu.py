@@ -26,7 +26,9 @@ from lensexp.builders import build_datamodule  # noqa: E402
 MODELS = {
     "classifier, small_resnet, 150 px": ["model=small_resnet", "data.batch_size=64"],
     "classifier, mobilenet_v3_small, 150 px": [
-        "model=mobilenet_v3_small", "model.pretrained=none", "data.batch_size=64",
+        "model=mobilenet_v3_small",
+        "model.pretrained=none",
+        "data.batch_size=64",
     ],
     "srresnet 16 blocks": ["model=srresnet", "data.batch_size=16"],
 }
