@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,28 @@ def test_short_training_writes_results_and_picks_the_best_checkpoint(
     trained = sum(len(list((classification_root / "train" / c).glob("*.npy"))) for c in CLASSES)
     assert results["global_step"] == 3 * 3 and trained - len(test_files) == 21  # 3 batches of 8
     assert all("/train/" in path for path in test_files)
+
+
+def test_a_validation_without_some_class_logs_no_best_and_no_warning(
+    classification_root: Path, tmp_path: Path
+) -> None:
+    # One validation batch of 4 in class order: `no` images only, so each class's AUC and the
+    # macro AUC are NaN every epoch (the micro AUC is not), as in a `debug=limit` run.
+    cfg = compose_cfg(
+        tmp_path,
+        quick(classification_root, "trainer.max_epochs=2", "trainer.limit_val_batches=1",
+              "data.batch_size=4"),
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)
+    assert not [w for w in caught if "before the ``update``" in str(w.message)]
+    with open(tmp_path / "out" / "csv" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(not r.get("val/auc_macro_best") for r in rows)
+    best = [float(r["val/auc_micro_best"]) for r in rows if r.get("val/auc_micro_best")]
+    micro = [float(r["val/auc_micro"]) for r in rows if r.get("val/auc_micro")]
+    assert len(best) == 2 and best == [micro[0], max(micro)]
 
 
 @pytest.mark.slow

@@ -132,7 +132,10 @@ class ClassifierModule(TaskModule):
             for name, tracker in self.best.items():
                 if torch.isfinite(values[name]):
                     tracker.update(values[name])
-                self.log(f"val/{name}_best", tracker.compute())
+                # Its state, not compute(): that warns while nothing was updated (an AUC that
+                # is NaN because the validation lacked a class), and there is no best to log.
+                if torch.isfinite(tracker.max_value):
+                    self.log(f"val/{name}_best", tracker.max_value)
             self._log_figures(values["confusion_matrix"])
         self.val_metrics.reset()
 
