@@ -92,7 +92,7 @@ def test_a_state_dict_of_the_same_network_is_loaded(tmp_path: Path) -> None:
     torch.save(source.state_dict(), tmp_path / "w.pth")
     model = ImageClassifier("small_resnet", 3, input_adapter="none", pretrained=str(tmp_path / "w.pth"),
                             architecture={"widths": [8, 16], "n_blocks": [1, 1]})  # fmt: skip
-    assert model.pretrained_loaded
+    assert model.pretrained_loaded and model.normalize == "none"  # its own weights, not ImageNet's
     x = torch.randn(2, 1, 32, 32)
     assert torch.equal(model.eval()(x), source.eval()(x))
     with pytest.raises(LensexpError, match=r"model\.pretrained=.*w\.pth: the weights do not fit"):

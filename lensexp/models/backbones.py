@@ -10,6 +10,9 @@ network in one of two ways (`input_adapter`):
 - `first_conv`: the first conv is replaced by one with `in_channels` inputs whose weights fold in
   the channel repetition and the normalisation, so at initialisation it computes exactly what
   `repeat` computes (see `FoldedInputConv`).
+
+lensexp's own networks (`NATIVE`: `small_resnet`) are built for the data's bands and classes
+instead, take the bands as they are (`input_adapter="none"`) and have no ImageNet weights.
 """
 
 from __future__ import annotations
@@ -385,7 +388,10 @@ class ImageClassifier(nn.Module):
             )
             _replace_head(net, backbone, num_classes, dropout, head)
         self.net = net
-        use_imagenet = normalize == "imagenet" or (normalize == "auto" and self.pretrained_loaded)
+        # A native network's loaded weights are its own, never ImageNet's.
+        use_imagenet = normalize == "imagenet" or (
+            normalize == "auto" and self.pretrained_loaded and backbone not in NATIVE
+        )
         mean = torch.tensor(IMAGENET_MEAN if use_imagenet else (0.0, 0.0, 0.0))
         std = torch.tensor(IMAGENET_STD if use_imagenet else (1.0, 1.0, 1.0))
         self.register_buffer("mean", mean.view(1, 3, 1, 1))
