@@ -24,6 +24,33 @@ from lensexp.models.weights import KEYWORDS
 from lensexp.reporting.files import print_metrics_table
 
 
+def predict_split(
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    trainer: L.Trainer,
+    split: str,
+    save_outputs: bool = False,
+) -> list[Any]:
+    """`module`'s `predict_step` outputs over `split`, in the split's file order."""
+    datamodule.predict_split = split
+    datamodule.setup("predict")
+    module.keep_outputs = save_outputs
+    return trainer.predict(module, datamodule=datamodule, return_predictions=True)
+
+
+def write_split_report(
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    outputs: list[Any],
+    split: str,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The task's report of `split` from its predictions `outputs`, written into `out_dir`."""
+    return module.write_report(
+        outputs, datamodule.files[split], Path(out_dir), metadata=datamodule.metadata(split)
+    )
+
+
 def evaluate_module(
     module: L.LightningModule,
     datamodule: L.LightningDataModule,
@@ -33,13 +60,8 @@ def evaluate_module(
     save_outputs: bool = False,
 ) -> dict[str, Any]:
     """Predict `split` with `module` as it is and write the task's report into `out_dir`."""
-    datamodule.predict_split = split
-    datamodule.setup("predict")
-    module.keep_outputs = save_outputs
-    outputs = trainer.predict(module, datamodule=datamodule, return_predictions=True)
-    return module.write_report(
-        outputs, datamodule.files[split], Path(out_dir), metadata=datamodule.metadata(split)
-    )
+    outputs = predict_split(module, datamodule, trainer, split, save_outputs)
+    return write_split_report(module, datamodule, outputs, split, out_dir)
 
 
 def load_weights(module: L.LightningModule, checkpoint: dict[str, Any], path: str) -> None:

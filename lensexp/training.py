@@ -29,7 +29,7 @@ from lensexp.builders import (
     read_checkpoint,
 )
 from lensexp.errors import LensexpError
-from lensexp.evaluation import evaluate_module
+from lensexp.evaluation import evaluate_module, predict_split, write_split_report
 from lensexp.hydra_setup import prepare_hydra
 from lensexp.provenance import provenance
 from lensexp.reporting.files import print_metrics_table, write_json, write_text_atomic
@@ -49,31 +49,48 @@ def _checkpoints(trainer: L.Trainer) -> tuple[ModelCheckpoint | None, ModelCheck
     return best, last
 
 
-def _validate_best(
+def _load_best(trainer: L.Trainer, module: L.LightningModule, best_path: str) -> bool:
+    """Load the best checkpoint's weights into `module` (none: keep the final ones); whether
+    they are the weights fit ended with (its last validation scored them)."""
+    if not best_path:
+        return True
+    checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(checkpoint["state_dict"])
+    return checkpoint["global_step"] == trainer.global_step
+
+
+def _best_validation(
     cfg: DictConfig,
     trainer: L.Trainer,
     module: L.LightningModule,
     datamodule: L.LightningDataModule,
-    best_path: str,
+    final_weights: bool,
+    val_outputs: list[Any],
 ) -> dict[str, float]:
-    """Load the best checkpoint's weights into `module`; return its validation metrics.
+    """The validation metrics of the weights in `module` (the best checkpoint's), whose
+    predictions over the validation split are `val_outputs` (the report's).
 
-    When the best checkpoint is the final step of a one-process run, the last validation of
-    `fit` already scored these very weights (unless the module evaluates differently outside
-    `fit`: test-time averaging), so its numbers are taken as they are; otherwise the
-    checkpoint is validated afresh in this process (as far as the run validated: a limited run
-    stays short). After DDP that is always done: `final_metrics` keeps the processes' own.
+    Where these are the weights `fit` ended with and the module evaluates as in `fit` (no
+    test-time averaging), fit's last validation already scored them: its numbers stand.
+    Otherwise, in one process, the task computes them from the report's predictions (one pass
+    serves both, as far as the run validated: a limited run stays short); a task that cannot,
+    and every run after DDP, validates afresh (`final_metrics` keeps the processes' own).
     """
-    if best_path:
-        checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(checkpoint["state_dict"])
-        same_as_fit = checkpoint["global_step"] == trainer.global_step
-        if not (same_as_fit and module.evaluates_as_in_fit) or trainer.world_size > 1:
-            validated = build_report_trainer(cfg, keep_limits=True).validate(
-                module, datamodule=datamodule, verbose=False
-            )[0]
-            return {k: float(v) for k, v in validated.items()}
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if trainer.world_size > 1:
+        best, _ = _checkpoints(trainer)
+        if best is None or not best.best_model_path:
+            return fit_metrics
+    elif final_weights and module.evaluates_as_in_fit:
+        return fit_metrics
+    else:
+        derived = module.metrics_of_outputs(val_outputs)
+        if derived is not None:
+            return derived
+    validated = build_report_trainer(cfg, keep_limits=True).validate(
+        module, datamodule=datamodule, verbose=False
+    )[0]
+    return {k: float(v) for k, v in validated.items()}
 
 
 def _test_best(
@@ -231,11 +248,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_score = best.best_model_score if best is not None else None
     # The last epoch's numbers, before the best checkpoint's weights replace the final ones.
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    validated = _validate_best(cfg, trainer, module, datamodule, best_path)
+    final_weights = _load_best(trainer, module, best_path)
     report_dir = out / "best_val"
-    report = evaluate_module(
-        module, datamodule, build_report_trainer(cfg, keep_limits=True), "val", report_dir
+    val_outputs = predict_split(
+        module, datamodule, build_report_trainer(cfg, keep_limits=True), "val"
     )
+    validated = _best_validation(cfg, trainer, module, datamodule, final_weights, val_outputs)
+    report = write_split_report(module, datamodule, val_outputs, "val", report_dir)
     test_dir = out / "best_test"
     test_report = _test_best(cfg, module, datamodule, test_dir)
     best_value = None if best_score is None else float(best_score)

@@ -116,10 +116,11 @@ def test_fit_selects_on_one_pass_and_reports_the_average(
     assert cfg.model.tta == "dihedral"  # the default recipe's
     results = train(cfg)
     # 12 validation images (4 per class), 3 test images held out of train/: each epoch's
-    # validation saw every image once; the best checkpoint's validation and its two reports
-    # (val, test) saw each image in 8 views.
+    # validation saw every image once; the best checkpoint's two reports (val, test) saw each
+    # image in 8 views, and its validation metrics come from the val report's pass (no second
+    # pass over val).
     assert seen["fit-eval"] == 2 * 12
-    assert seen["validate-eval"] == 8 * 12
+    assert "validate-eval" not in seen
     assert seen["predict-eval"] == 8 * (12 + 3)
     monkeypatch.undo()
 
@@ -132,5 +133,48 @@ def test_fit_selects_on_one_pass_and_reports_the_average(
     averaged = validate("averaged")
     assert results["val_metrics"]["val/acc"] == pytest.approx(averaged["accuracy"], abs=1e-6)
     assert results["val_metrics"]["val/auc_micro"] == pytest.approx(averaged["auc_micro"], abs=1e-6)
+    assert results["val_metrics"]["val/auc_macro"] == pytest.approx(averaged["auc_macro"], abs=1e-6)
     one_pass = validate("one_pass", "model.tta=none")
     assert results["best_value"] == pytest.approx(one_pass["auc_micro"], abs=1e-6)
+
+
+@pytest.mark.parametrize("tta", ["none", "dihedral"])
+@pytest.mark.parametrize("task", ["classifier", "regressor"])
+def test_metrics_from_the_report_pass_equal_a_fresh_validation(
+    tmp_path: Path, task: str, tta: str
+) -> None:
+    """train.py takes the best checkpoint's validation metrics from the val report's
+    predictions instead of a second pass: every key, as `trainer.validate` logs it."""
+    from lensexp.builders import build_datamodule, build_module, build_report_trainer
+    from lensexp.evaluation import predict_split
+    from tests.helpers import make_classification_folder
+    from tests.test_axion_mass import axion_folder
+
+    if task == "classifier":
+        root = make_classification_folder(tmp_path / "cls", 6, size=32, n_val=5)
+        extra = ["model=mobilenet_v3_small", "data.batch_size=4"]  # a short last batch
+    else:
+        root = tmp_path / "axion"
+        axion_folder(root, 7, size=32)
+        extra = ["model=axion_regression", "model.backbone=resnet18", "data.batch_size=4"]
+    cfg = compose_cfg(
+        tmp_path,
+        [f"data.root={root}", *extra, "model.pretrained=none", "trainer=cpu",
+         f"model.tta={tta}", f"paths.cache_dir={tmp_path / 'cache'}"],
+    )  # fmt: skip
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    torch.manual_seed(0)
+    with torch.no_grad():  # BatchNorm statistics away from their defaults
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    outputs = predict_split(module, datamodule, build_report_trainer(cfg, keep_limits=True), "val")
+    derived = module.metrics_of_outputs(outputs)
+    validated = build_report_trainer(cfg, keep_limits=True).validate(
+        module, datamodule=datamodule, verbose=False
+    )[0]
+    assert set(derived) == set(validated)
+    for key, value in validated.items():
+        assert derived[key] == pytest.approx(float(value), abs=1e-5, nan_ok=True), key

@@ -77,6 +77,13 @@ class TaskModule(L.LightningModule):
         test-time averaging), so fit's last validation numbers may stand for the final weights."""
         return self.tta == "none"
 
+    def metrics_of_outputs(self, outputs: list[dict[str, Any]]) -> dict[str, float] | None:
+        """The `val/*` metrics a validation of these weights would log, computed from their
+        `predict_step` outputs over the validation split; None where the task does not (then
+        train.py validates afresh). Lets the best checkpoint's validation share the report's
+        pass over the split."""
+        return None
+
     def evaluation_views(self, x: Tensor) -> list[Tensor]:
         """The views of a batch to average predictions over: with `tta="dihedral"` outside
         `fit`, the eight flips and rotations of the square (which leave a lensing image equally

@@ -165,6 +165,24 @@ class ClassifierModule(TaskModule):
         probs = self.evaluation_logits(x).float().softmax(dim=1)
         return {"probs": probs.cpu(), "labels": y.cpu()}
 
+    def metrics_of_outputs(self, outputs: list[dict[str, Any]]) -> dict[str, float]:
+        """What `validation_step` and `on_validation_epoch_end` log, from `predict_step`'s
+        probabilities; the best-so-far values as they would stand after this validation."""
+        probs = torch.cat([o["probs"] for o in outputs])
+        labels = torch.cat([o["labels"] for o in outputs])
+        metrics = ClassificationMetrics(self.class_names)
+        metrics.update(probs, labels)
+        values = {k: v for k, v in metrics.compute().items() if k != "confusion_matrix"}
+        # The loss of the logits whose softmax these are (`evaluation_logits`' log-probabilities).
+        values["loss"] = self.loss(probs.clamp_min(torch.finfo(torch.float32).tiny).log(), labels)
+        for name, tracker in self.best.items():
+            best = tracker.max_value.cpu()
+            if torch.isfinite(values[name]):
+                best = torch.maximum(best, values[name].to(best))
+            if torch.isfinite(best):
+                values[f"{name}_best"] = best
+        return {f"val/{k}": float(v) for k, v in values.items()}
+
     def write_report(
         self,
         outputs: list[dict[str, Any]],

@@ -97,6 +97,17 @@ class AxionMassRegressor(TaskModule):
         x, y = batch
         return {"prediction": self.evaluation_prediction(x).cpu(), "target": y.float().cpu()}
 
+    def metrics_of_outputs(self, outputs: list[dict[str, Any]]) -> dict[str, float]:
+        """What a validation logs (`val/loss`, `val/mae`, `val/rmse`, `val/r2`), from
+        `predict_step`'s predictions."""
+        prediction = torch.cat([o["prediction"] for o in outputs])
+        target = torch.cat([o["target"] for o in outputs])
+        metrics = RegressionMetrics()
+        metrics.update(prediction, target)
+        values = dict(metrics.compute())
+        values["loss"] = self.loss(prediction, target)
+        return {f"val/{k}": float(v) for k, v in values.items()}
+
     def write_report(
         self,
         outputs: list[dict[str, Any]],
