@@ -7,14 +7,18 @@ loaded item with the file it came from.
 
 from __future__ import annotations
 
+import os
+import signal
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,3 +300,17 @@ def kill_then_resume(overrides: Sequence[str], tmp_path: Path) -> tuple[int, dic
                              text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return killed_at, json.loads((run / "results.json").read_text())
+
+
+class SignalAt(Callback):
+    """Sends `signum` (SIGUSR1: SLURM's requeue signal) to its own process at the start of
+    training batch `batch` of epoch `epoch`, so a signal test does not depend on timing."""
+
+    def __init__(self, epoch: int, batch: int, signum: int = signal.SIGUSR1) -> None:
+        self.epoch, self.batch, self.signum = epoch, batch, signum
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int
+    ) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), self.signum)
