@@ -99,7 +99,8 @@ compilation), peak device memory:
 {chr(10).join(train_rows)}
 
 `evaluate.py`'s batched inference (Trainer.predict, inference_mode), {batches} batches after
-a warm-up batch; peak host memory of the process:
+a warm-up batch; images/s counts images, each of which the classifiers average over 8 views
+(`model.tta=dihedral`, their default); peak host memory of the process:
 
 | model | setting | images/s | peak RSS (MiB) |
 | --- | --- | --- | --- |
