@@ -65,18 +65,19 @@ def _best_validation(
     module: L.LightningModule,
     datamodule: L.LightningDataModule,
     final_weights: bool,
+    fit_metrics: dict[str, float],
     val_outputs: list[Any],
 ) -> dict[str, float]:
     """The validation metrics of the weights in `module` (the best checkpoint's), whose
     predictions over the validation split are `val_outputs` (the report's).
 
     Where these are the weights `fit` ended with and the module evaluates as in `fit` (no
-    test-time averaging), fit's last validation already scored them: its numbers stand.
+    test-time averaging), fit's last validation (`fit_metrics`) already scored them: its
+    numbers stand.
     Otherwise, in one process, the task computes them from the report's predictions (one pass
     serves both, as far as the run validated: a limited run stays short); a task that cannot,
     and every run after DDP, validates afresh (`final_metrics` keeps the processes' own).
     """
-    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.world_size > 1:
         best, _ = _checkpoints(trainer)
         if best is None or not best.best_model_path:
@@ -253,7 +254,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     val_outputs = predict_split(
         module, datamodule, build_report_trainer(cfg, keep_limits=True), "val"
     )
-    validated = _best_validation(cfg, trainer, module, datamodule, final_weights, val_outputs)
+    validated = _best_validation(
+        cfg, trainer, module, datamodule, final_weights, final, val_outputs
+    )
     report = write_split_report(module, datamodule, val_outputs, "val", report_dir)
     test_dir = out / "best_test"
     test_report = _test_best(cfg, module, datamodule, test_dir)
