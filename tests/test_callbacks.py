@@ -1,0 +1,53 @@
+"""lensexp's own callbacks that no other test module exercises directly."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
+
+from lensexp.callbacks import ProgressBar
+
+
+class Regression(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class KeepDrawingThread(Callback):
+    """Holds on to the progress bar's drawing thread while training runs."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.thread = trainer.progress_bar_callback.progress.live._refresh_thread
+
+
+def test_progress_bar_stops_without_waiting_for_its_drawing_thread(tmp_path) -> None:
+    # A refresh period of 50 s: joining the sleeping thread at the end of fit, as Lightning's
+    # own bar does, would leave it finished (after up to 50 s) by the time fit returns.
+    keep = KeepDrawingThread()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        callbacks=[ProgressBar(refresh_rate=0.02), keep],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    data = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
+    trainer.fit(Regression(), DataLoader(data, batch_size=4))
+
+    assert keep.thread is not None
+    assert keep.thread.done.is_set()  # told to stop: it draws nothing more
+    assert keep.thread.is_alive()  # but fit did not wait for it
+    assert keep.thread.daemon  # and it cannot hold the process open
+    assert trainer.progress_bar_callback.progress.live._refresh_thread is None
