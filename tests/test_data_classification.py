@@ -370,6 +370,24 @@ def test_trainer_free_use(classification_root, cache_dir):
     assert torch.equal(out, images) and out_labels is labels
 
 
+def test_shuffled_batches_hold_each_file_once_with_its_label(classification_root, cache_dir):
+    dm = module(classification_root, cache_dir, batch_size=6)
+    dm.setup("fit")
+    files = dm.files["train"]
+    assert len(files) % 6 > 1  # several batches, the last one short, none dropped
+    expected = {load_image(f).tobytes(): dm.classes.index(f.parent.name) for f in files}
+    seen = []
+    for images, labels in dm.train_dataloader():
+        assert images.dtype == torch.float32 and labels.dtype == torch.int64
+        for image, label in zip(images, labels, strict=True):
+            key = image[0].numpy().tobytes()
+            assert expected[key] == int(label)  # this file's image, with its own label
+            seen.append(key)
+    assert sorted(seen) == sorted(expected)  # every file once
+    order = [f.parent.name for f in files]
+    assert [dm.classes[int(y)] for _, ys in dm.train_dataloader() for y in ys] != order
+
+
 def test_batch_transform_resize_and_eval(classification_root, cache_dir):
     dm = module(classification_root, cache_dir, batch_size=12, resize=224)
     dm.setup("fit")
@@ -499,6 +517,21 @@ def test_worker_loaders_give_the_same_batches(tmp_path, cache_dir, task):
     for batch0, batch2 in zip(batches[0], batches[2], strict=True):
         for x0, x2 in zip(batch0, batch2, strict=True):
             assert torch.equal(x0, x2)
+
+
+def test_resize_antialiases_when_it_shrinks() -> None:
+    from lensexp.data.transforms import ClassificationTransform
+
+    x = torch.rand(4, 1, 64, 64)
+
+    def bilinear(size: int, antialias: bool) -> torch.Tensor:
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=antialias)
+
+    shrunk = ClassificationTransform(flips=False, rot90=False, resize=24)(x, train=False)
+    torch.testing.assert_close(shrunk, bilinear(24, True))
+    assert not torch.allclose(shrunk, bilinear(24, False), atol=1e-3)  # the filter mattered
+    grown = ClassificationTransform(flips=False, rot90=False, resize=96)(x, train=False)
+    torch.testing.assert_close(grown, bilinear(96, True))  # same result, the faster kernel
 
 
 def test_random_center_crop_is_training_only_and_per_sample() -> None:

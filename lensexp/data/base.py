@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from lensexp.checks import check_choice, check_int
 from lensexp.data.cache import cache_folder
-from lensexp.data.datasets import PackedDataset
+from lensexp.data.datasets import PackedDataset, collate_batch
 from lensexp.data.npy import NORMALIZE
 from lensexp.errors import LensexpError
 from lensexp.provenance import usable_cpus
@@ -274,6 +274,7 @@ class NpyDataModule(L.LightningDataModule):
             # A training batch of one image cannot train batch norm (PyTorch refuses it); that
             # image, a different one each epoch, waits for the next epoch instead.
             drop_last=shuffle and len(dataset) % self.batch_size == 1,
+            collate_fn=collate_batch,
         )
 
     def _share(self, dataset: Any) -> Sampler[int] | None:

@@ -51,21 +51,23 @@ class PackedDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple:
-        return self.__getitems__([i])[0]
+        """One item: a (C, H, W) tensor per array, then the label as a numpy scalar."""
+        row = self.indices[i]
+        item = tuple(torch.from_numpy(np.array(m[row])) for m in self._mapped())
+        return item if self.labels is None else (*item, self.labels[row])
 
-    def __getitems__(self, positions: Sequence[int]) -> list[tuple]:
+    def __getitems__(self, positions: Sequence[int]) -> list[torch.Tensor]:
+        """The batch at `positions`, already stacked: one (N, C, H, W) tensor per array, then
+        the (N,) labels, as torch's default collate stacks the items (`collate_batch` passes it
+        on). Each image is copied once, straight out of the memory map into the batch: an
+        epoch costs what one copy of its images costs (docs/benchmarks.md, data loading)."""
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
-        # Sorted rows read the memory map sequentially; `undo` restores the sampler's order.
-        order = np.argsort(rows, kind="stable")
-        undo = np.argsort(order, kind="stable")
-        blocks = [
-            torch.from_numpy(np.ascontiguousarray(m[rows[order]])[undo]) for m in self._mapped()
-        ]
-        items = []
-        for k in range(len(rows)):
-            item = tuple(b[k] for b in blocks)
-            if self.labels is not None:
-                # A numpy scalar: batches collate to an int64 or float32 tensor.
-                item = (*item, self.labels[rows[k]])
-            items.append(item)
-        return items
+        batch = [torch.from_numpy(np.take(m, rows, axis=0)) for m in self._mapped()]
+        if self.labels is not None:
+            batch.append(torch.from_numpy(self.labels[rows]))
+        return batch
+
+
+def collate_batch(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A DataLoader's `collate_fn` for PackedDataset, whose `__getitems__` stacks the batch."""
+    return batch
