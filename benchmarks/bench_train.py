@@ -41,6 +41,7 @@ from lensexp.builders import build_callbacks, build_datamodule, build_module  # 
 # the benchmark never tries the network. srgan runs VGG19 to conv5_4 on 150 px images: on a CPU
 # under 1 pair/s, hence fewer batches.
 CASES: dict[str, tuple[list[str], int, int]] = {
+    "classifier, small_resnet (default), 150 px": (["model=small_resnet"], 25, 5),
     "classifier, mobilenet_v3_large, 150 px": (
         ["model=mobilenet_v3_large", "model.pretrained=none"],
         25,
