@@ -134,7 +134,9 @@ def composition_error_line(err: BaseException) -> str:
 def run_entry_point(main: Callable[[], Any]) -> None:
     """Run a Hydra entry point so that a config Hydra cannot compose, and a LensexpError that
     ends a multirun, are one `lensexp: error:` line and exit 1 instead of Hydra's several
-    lines. HYDRA_FULL_ERROR=1 set by the user keeps Hydra's full reports."""
+    lines. HYDRA_FULL_ERROR=1 set by the user keeps Hydra's full reports. After a run that
+    ended normally, the process exits without the interpreter's final garbage collections
+    (`skip_final_collection`)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         main()
         skip_final_collection()

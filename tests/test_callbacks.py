@@ -1,4 +1,4 @@
-"""lensexp's own callbacks that no other test module exercises directly."""
+"""lensexp's own callbacks, and the entry points' exit."""
 
 from __future__ import annotations
 
@@ -51,3 +51,32 @@ def test_progress_bar_stops_without_waiting_for_its_drawing_thread(tmp_path) -> 
     assert keep.thread.is_alive()  # but fit did not wait for it
     assert keep.thread.daemon  # and it cannot hold the process open
     assert trainer.progress_bar_callback.progress.live._refresh_thread is None
+
+
+def test_entry_point_collects_the_garbage_then_freezes_what_lives(monkeypatch) -> None:
+    import gc
+
+    from lensexp.cli import run_entry_point
+
+    finalized = []
+
+    class Cyclic:
+        def __init__(self) -> None:
+            self.me = self  # garbage only a collection frees
+
+        def __del__(self) -> None:
+            finalized.append(True)
+
+    def main() -> None:
+        Cyclic()
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    gc.unfreeze()
+    gc.disable()  # only run_entry_point's own collection may free the cycle
+    try:
+        run_entry_point(main)
+        assert finalized  # collected, its finalizer run, before the freeze
+        assert gc.get_freeze_count() > 0  # shutdown's collections will skip what lives
+    finally:
+        gc.enable()
+        gc.unfreeze()  # this test process goes on collecting as before
