@@ -124,6 +124,6 @@ class ProgressBar(RichProgressBar):
         thread = getattr(live, "_refresh_thread", None)
         if thread is not None and hasattr(thread, "done"):
             thread.done.set()
-            # Rich's Live.stop and Lightning's CustomProgress.stop join the thread they find here.
+            # Lightning's CustomProgress.stop joins the thread it finds here.
             live._refresh_thread = None
         super()._stop_progress()
