@@ -46,14 +46,29 @@ def remove_if_nothing_made(run_dir: Path, log_name: str) -> None:
 LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 
 
-def _no_tips(record: logging.LogRecord) -> bool:
-    return "Tip:" not in record.getMessage()
+class _OncePerJob(logging.Filter):
+    """Lightning's rank-zero messages without its advertising tips, each once per job: every
+    Trainer a run builds (fit's, then the reports') says again which devices it uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Tip:" in message or message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+_ONCE_PER_JOB = _OncePerJob()
 
 
 def route_library_output() -> None:
     """Send Lightning's log messages once, through Hydra's handlers (console and the job's log
-    file), without its advertising tips or the deprecation warning its own code raises. Does
-    nothing when Hydra has not configured logging."""
+    file), without its advertising tips, repeats within the job, or the deprecation warning its
+    own code raises. Does nothing when Hydra has not configured logging."""
     if not logging.getLogger().handlers:
         return
     for name in LIBRARY_LOGGERS:
@@ -63,8 +78,9 @@ def route_library_output() -> None:
                 logger.removeHandler(handler)
         logger.propagate = True
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if _no_tips not in rank_zero.filters:
-        rank_zero.addFilter(_no_tips)
+    if _ONCE_PER_JOB not in rank_zero.filters:
+        rank_zero.addFilter(_ONCE_PER_JOB)
+    _ONCE_PER_JOB.seen.clear()  # a new job (of a multirun too) logs to its own file
     # Lightning 2.6's own use of a torch API that this torch deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 

@@ -203,6 +203,11 @@ def test_short_run_through_the_script(classification_root: Path, tmp_path: Path)
     # Not a terminal: one progress line per epoch, with its metrics.
     (epoch_line,) = [line for line in proc.stdout.splitlines() if "epoch 1/1 (step" in line]
     assert "val/auc_micro" in epoch_line
+    # Each of Lightning's messages once (fit's and the reports' Trainers each say which devices
+    # they use), no notice about our own callbacks, and the model summary.
+    assert proc.stdout.count("GPU available:") == 1, proc.stdout[-3000:]
+    assert "already configured" not in proc.stdout
+    assert "Total params" in proc.stdout
     # The run's TensorBoard folder is named after the model.
     (events,) = (out / "tensorboard" / "mobilenet_v3_small").glob("events.out.tfevents.*")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
