@@ -64,6 +64,7 @@ def _best_validation(
     trainer: L.Trainer,
     module: L.LightningModule,
     datamodule: L.LightningDataModule,
+    best_path: str,
     final_weights: bool,
     fit_metrics: dict[str, float],
     val_outputs: list[Any],
@@ -76,11 +77,11 @@ def _best_validation(
     numbers stand.
     Otherwise, in one process, the task computes them from the report's predictions (one pass
     serves both, as far as the run validated: a limited run stays short); a task that cannot,
-    and every run after DDP, validates afresh (`final_metrics` keeps the processes' own).
+    and a run after DDP that kept a best checkpoint (`best_path`, loaded into `module`),
+    validates afresh (`final_metrics` keeps the processes' own).
     """
     if trainer.world_size > 1:
-        best, _ = _checkpoints(trainer)
-        if best is None or not best.best_model_path:
+        if not best_path:
             return fit_metrics
     elif final_weights and module.evaluates_as_in_fit:
         return fit_metrics
@@ -255,7 +256,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module, datamodule, build_report_trainer(cfg, keep_limits=True), "val"
     )
     validated = _best_validation(
-        cfg, trainer, module, datamodule, final_weights, final, val_outputs
+        cfg, trainer, module, datamodule, best_path, final_weights, final, val_outputs
     )
     report = write_split_report(module, datamodule, val_outputs, "val", report_dir)
     test_dir = out / "best_test"
