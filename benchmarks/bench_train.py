@@ -1,20 +1,26 @@
 """Training throughput: the Lightning path that `train.py` runs against a plain PyTorch loop with
-the same network, loss, optimizer, batches and batch transform, measured in one process.
+the same network, loss, optimizer, batches and batch transform.
 
-Run from the repository root:  python benchmarks/bench_train.py [--repeats 2] [--quick]
+Run from the repository root:  python benchmarks/bench_train.py [--repeats 3] [--quick]
 (or all benchmarks: python -m benchmarks). Writes the "training" section of docs/benchmarks.md.
 
 The Lightning side is built from the real configs (hydra compose + lensexp.builders)
 and trained by a Trainer with the default callbacks (checkpointing off: it would write files the
 plain loop doesn't) and a CSV logger, so logging and metric updates count against it. Each side
 times the same window of batches after a warm-up, in wall time and in process CPU time (all
-threads): on a shared machine the CPU time per image is the steadier of the two.
+threads). Each measurement is a fresh process, the two sides alternating: the same side's speed
+differs by several percent from one process to the next (memory layout, oneDNN's kernel
+choices), more than the goal, so one process per side cannot tell the framework's cost from
+that; the median over processes can.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -186,49 +192,81 @@ def plain_step(module: Any) -> Callable[[Any, int], None]:
     return sr_step
 
 
-def main(repeats: int = 2, quick: bool = False, cases: list[str] | None = None,
+def case(name: str, quick: bool) -> tuple[list[str], int, int]:
+    """The case's overrides, batches and warm-up batches (--quick: few and small)."""
+    overrides, batches, warmup = CASES[name]
+    if quick:
+        batches, warmup = QUICK["batches"], QUICK["warmup"]
+        small = ["data.simulate.n_per_class=40", "data.simulate.n_pairs=40"]
+        is_sr = "srresnet" in name
+        overrides = [*overrides, small[is_sr]]
+        overrides += [f"data.batch_size={QUICK['sr_batch']}"] if is_sr else []
+    return overrides, batches, warmup
+
+
+def measure(side: str, name: str, quick: bool, data_dir: Path) -> tuple[float, float]:
+    """One side of one case in this process: images/s (wall) and CPU seconds per image."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    overrides, batches, warmup = case(name, quick)
+    cfg = compose_cfg(overrides, data_dir, data_dir.parent / f"out_{side}", batches)
+    rate = lightning_rate if side == "lightning" else plain_rate
+    return rate(cfg, batches, warmup)
+
+
+def measure_in_new_process(
+    side: str, name: str, quick: bool, data_dir: Path
+) -> tuple[float, float]:
+    """`measure` in a fresh interpreter (its result is the last line of its output)."""
+    command = [sys.executable, __file__, "--measure", side, "--cases", name,
+               "--data-dir", str(data_dir)] + (["--quick"] if quick else [])  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    rate, cpu = json.loads(proc.stdout.strip().splitlines()[-1])
+    return rate, cpu
+
+
+def main(repeats: int = 3, quick: bool = False, cases: list[str] | None = None,
          write: bool = True) -> str:  # fmt: skip
     """Measure each case, Lightning against the plain loop; the section's markdown."""
-    torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in cases or list(CASES):
-            overrides, batches, warmup = CASES[name]
-            if quick:
-                batches, warmup = QUICK["batches"], QUICK["warmup"]
-                small = ["data.simulate.n_per_class=40", "data.simulate.n_pairs=40"]
-                is_sr = "srresnet" in name
-                overrides = [*overrides, small[is_sr]]
-                overrides += [f"data.batch_size={QUICK['sr_batch']}"] if is_sr else []
-            cfg = compose_cfg(overrides, Path(tmp) / "data", Path(tmp) / "out", batches)
+            data_dir = Path(tmp) / "data"
+            overrides, batches, warmup = case(name, quick)
+            cfg = compose_cfg(overrides, data_dir, Path(tmp) / "out", batches)
             build_datamodule(cfg)  # simulate once, outside the timings
-            light, plain = [], []
-            for _ in range(repeats):  # interleaved, so drift hits both sides alike
-                plain.append(plain_rate(cfg, batches, warmup))
-                light.append(lightning_rate(cfg, batches, warmup))
-            best_p, best_l = max(r for r, _ in plain), max(r for r, _ in light)
-            cpu_p, cpu_l = min(c for _, c in plain), min(c for _, c in light)
-            cost = 100.0 * (best_p - best_l) / best_p
-            cpu_cost = 100.0 * (cpu_l - cpu_p) / cpu_p
-            window = f"{warmup + 1}-{batches}"
-            rows.append((name, cfg.data.batch_size, window, best_p, best_l, cost, cpu_cost))
-            print(f"{name}: plain {best_p:.2f}/s, lightning {best_l:.2f}/s, cost {cost:+.1f}% "
-                  f"(CPU time {cpu_cost:+.1f}%)")  # fmt: skip
+            runs: dict[str, list[tuple[float, float]]] = {"plain": [], "lightning": []}
+            for r in range(repeats):  # alternating, so drift hits both sides alike
+                for side in ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain"):
+                    runs[side].append(measure_in_new_process(side, name, quick, data_dir))
+            rate = {s: statistics.median(r for r, _ in v) for s, v in runs.items()}
+            cpu = {s: statistics.median(c for _, c in v) for s, v in runs.items()}
+            spread = {s: f"{min(r for r, _ in v):.1f}-{max(r for r, _ in v):.1f}"
+                      for s, v in runs.items()}  # fmt: skip
+            cost = 100.0 * (rate["plain"] - rate["lightning"]) / rate["plain"]
+            cpu_cost = 100.0 * (cpu["lightning"] - cpu["plain"]) / cpu["plain"]
+            rows.append((name, cfg.data.batch_size, f"{warmup + 1}-{batches}", rate, spread,
+                         cost, cpu_cost))  # fmt: skip
+            print(f"{name}: plain {rate['plain']:.2f}/s ({spread['plain']}), lightning "
+                  f"{rate['lightning']:.2f}/s ({spread['lightning']}), cost {cost:+.1f}% "
+                  f"(CPU time {cpu_cost:+.1f}%)", flush=True)  # fmt: skip
 
     table = "\n".join(
-        f"| {n} | {b} | {w} | {p:.2f} | {lt:.2f} | {c:+.1f}% | {cc:+.1f}% |"
-        for n, b, w, p, lt, c, cc in rows
+        f"| {n} | {b} | {w} | {r['plain']:.2f} ({s['plain']}) | {r['lightning']:.2f} "
+        f"({s['lightning']}) | {c:+.1f}% | {cc:+.1f}% |"
+        for n, b, w, r, s, c, cc in rows
     )
     command = "python -m benchmarks" + (" --quick" if quick else "")
     markdown = f"""## Training throughput: Lightning against a plain loop
 
 Command: `{command}` (or `python benchmarks/bench_train.py --repeats {repeats}`). Machine:
 {describe_machine()}. Images (or LR/HR pairs) per second over the timed batches of one epoch
-(after warm-up), best of {repeats} interleaved repeats, and the framework's cost in wall time and
-in process CPU time per image (all threads; steadier than wall time when other work shares the
-machine). Same network, loss, optimizer, data loader and batch transform on both sides; the
-Lightning side adds its default callbacks (minus checkpointing), metric updates and a CSV
-logger. Goal: framework cost at most 2%.
+(after warm-up): the median of {repeats} fresh processes per side, the sides alternating (the
+range over processes in brackets), and the framework's cost from the medians, in wall time and
+in process CPU time per image (all threads). Same network, loss, optimizer, data loader and
+batch transform on both sides; the Lightning side adds its default callbacks (minus
+checkpointing), metric updates and a CSV logger. Goal: framework cost at most 2%.
 
 | case | batch | timed batches | plain loop (img/s) | Lightning (img/s) | framework cost (wall) | (CPU time) |
 | --- | --- | --- | --- | --- | --- | --- |
@@ -241,9 +279,15 @@ logger. Goal: framework cost at most 2%.
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="processes per side")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--no-write", action="store_true", help="print only")
+    # Internal: one measurement, run by main() in a fresh process.
+    parser.add_argument("--measure", choices=["plain", "lightning"], help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(main(args.repeats, args.quick, args.cases, not args.no_write))
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.cases[0], args.quick, args.data_dir)))
+    else:
+        print(main(args.repeats, args.quick, args.cases, not args.no_write))
