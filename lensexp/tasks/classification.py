@@ -129,15 +129,25 @@ class ClassifierModule(TaskModule):
                 self.log(f"val/{key}", value, prog_bar=key in ("acc", "auc_micro"))
         # The sanity check runs on two batches only; it must not set a best-so-far value.
         if not self.trainer.sanity_checking:
-            for name, tracker in self.best.items():
-                if torch.isfinite(values[name]):
-                    tracker.update(values[name])
-                # Its state, not compute(): that warns while nothing was updated (an AUC that
-                # is NaN because the validation lacked a class), and there is no best to log.
-                if torch.isfinite(tracker.max_value):
-                    self.log(f"val/{name}_best", tracker.max_value)
+            for name, best in self._best_so_far(values).items():
+                self.best[name].update(best)
+                self.log(f"val/{name}_best", best)
             self._log_figures(values["confusion_matrix"])
         self.val_metrics.reset()
+
+    def _best_so_far(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each tracked metric's best value so far, this validation's `values` included; a NaN
+        value (an AUC of a validation that lacked a class) doesn't count, and a metric with no
+        finite value yet has no best."""
+        best = {}
+        for name, tracker in self.best.items():
+            # Its state, not compute(): that warns while nothing was updated.
+            value = tracker.max_value
+            if torch.isfinite(values[name]):
+                value = torch.maximum(value, values[name].to(value))
+            if torch.isfinite(value):
+                best[name] = value
+        return best
 
     def _log_figures(self, confusion: Tensor) -> None:
         writer = self.tensorboard()
@@ -175,12 +185,7 @@ class ClassifierModule(TaskModule):
         values = {k: v for k, v in metrics.compute().items() if k != "confusion_matrix"}
         # The loss of the logits whose softmax these are (`evaluation_logits`' log-probabilities).
         values["loss"] = self.loss(probs.clamp_min(torch.finfo(torch.float32).tiny).log(), labels)
-        for name, tracker in self.best.items():
-            best = tracker.max_value.cpu()
-            if torch.isfinite(values[name]):
-                best = torch.maximum(best, values[name].to(best))
-            if torch.isfinite(best):
-                values[f"{name}_best"] = best
+        values.update({f"{name}_best": best for name, best in self._best_so_far(values).items()})
         return {f"val/{k}": float(v) for k, v in values.items()}
 
     def write_report(
