@@ -6,9 +6,11 @@ import csv
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lensexp.data.base import seed_generators
 from lensexp.data.classification import LensClassificationDataModule
 from lensexp.data.superres import SuperResolutionDataModule
 from lensexp.errors import LensexpError
@@ -368,6 +371,25 @@ def test_trainer_free_use(classification_root, cache_dir):
     # without a Trainer the device hook evaluates: no augmentation
     out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
     assert torch.equal(out, images) and out_labels is labels
+
+
+def test_batch_seeding_is_torch_manual_seed_without_tracebacks(monkeypatch):
+    """Each training batch's seeding gives the streams `torch.manual_seed` (with Python's and
+    NumPy's seeds) gives, and formats no traceback: `torch.manual_seed` queues one for every
+    accelerator not initialised, on every batch."""
+    formatted = []
+    format_stack = traceback.format_stack
+    monkeypatch.setattr(
+        traceback, "format_stack", lambda *a, **k: formatted.append(1) or format_stack(*a, **k)
+    )
+    seed_generators(11)
+    ours = (random.random(), np.random.rand(), torch.rand(3))
+    assert not formatted
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    theirs = (random.random(), np.random.rand(), torch.rand(3))
+    assert ours[:2] == theirs[:2] and torch.equal(ours[2], theirs[2])
 
 
 def test_shuffled_batches_hold_each_file_once_with_its_label(classification_root, cache_dir):

@@ -73,6 +73,26 @@ def derived_seed(*parts: int) -> int:
     return seed % 2**32
 
 
+def seed_generators(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random generators: the CPU's, and those of the
+    accelerators in use (CUDA, MPS, XPU).
+
+    Not `torch.manual_seed`, which is called once per training batch here: for every
+    accelerator not yet initialised (on a CPU machine CUDA, everywhere XPU) it queues the
+    seeding with a formatted traceback of its caller, about 0.2 ms a device from inside
+    Lightning's loop (docs/benchmarks.md, framework cost).
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
+    if torch.backends.mps.is_available():
+        torch.mps.manual_seed(seed)
+    if torch.xpu.is_initialized():
+        torch.xpu.manual_seed_all(seed)
+
+
 class EpochShuffle(Sampler[int]):
     """A permutation of the dataset drawn from (`seed`, epoch) alone; Lightning calls
     `set_epoch` before each epoch, so a resumed run sees the uninterrupted run's order."""
@@ -312,9 +332,6 @@ class NpyDataModule(L.LightningDataModule):
         resumed from an epoch's checkpoint continues exactly as the uninterrupted run."""
         if epoch != self._seeded_epoch:
             self._seeded_epoch, self._batch_in_epoch = epoch, 0
-        seed = derived_seed(self.train_seed, epoch, self._batch_in_epoch)
         # Not seed_everything: that also rewrites PL_GLOBAL_SEED, which data workers read.
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)  # CUDA generators too
+        seed_generators(derived_seed(self.train_seed, epoch, self._batch_in_epoch))
         self._batch_in_epoch += 1
