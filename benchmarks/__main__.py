@@ -22,7 +22,7 @@ from benchmarks._common import describe_machine
 from benchmarks._report import write_section
 
 SECTIONS = {
-    "training": lambda quick: bench_train.main(repeats=1 if quick else 3, quick=quick),
+    "training": lambda quick: bench_train.main(repeats=1 if quick else 4, quick=quick),
     "data": lambda quick: bench_data.main(quick=quick),
     "runtime": lambda quick: bench_runtime.main(quick=quick),
     "startup": lambda quick: bench_startup.main(quick=quick),

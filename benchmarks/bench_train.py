@@ -1,7 +1,7 @@
 """Training throughput: the Lightning path that `train.py` runs against a plain PyTorch loop with
 the same network, loss, optimizer, batches and batch transform.
 
-Run from the repository root:  python benchmarks/bench_train.py [--repeats 3] [--quick]
+Run from the repository root:  python benchmarks/bench_train.py [--repeats 4] [--quick]
 (or all benchmarks: python -m benchmarks). Writes the "training" section of docs/benchmarks.md.
 
 The Lightning side is built from the real configs (hydra compose + lensexp.builders)
@@ -226,7 +226,7 @@ def measure_in_new_process(
     return rate, cpu
 
 
-def main(repeats: int = 3, quick: bool = False, cases: list[str] | None = None,
+def main(repeats: int = 4, quick: bool = False, cases: list[str] | None = None,
          write: bool = True) -> str:  # fmt: skip
     """Measure each case, Lightning against the plain loop; the section's markdown."""
     rows = []
@@ -242,7 +242,7 @@ def main(repeats: int = 3, quick: bool = False, cases: list[str] | None = None,
                     runs[side].append(measure_in_new_process(side, name, quick, data_dir))
             rate = {s: statistics.median(r for r, _ in v) for s, v in runs.items()}
             cpu = {s: statistics.median(c for _, c in v) for s, v in runs.items()}
-            spread = {s: f"{min(r for r, _ in v):.1f}-{max(r for r, _ in v):.1f}"
+            spread = {s: f"{min(r for r, _ in v):.2f}-{max(r for r, _ in v):.2f}"
                       for s, v in runs.items()}  # fmt: skip
             cost = 100.0 * (rate["plain"] - rate["lightning"]) / rate["plain"]
             cpu_cost = 100.0 * (cpu["lightning"] - cpu["plain"]) / cpu["plain"]
@@ -279,7 +279,7 @@ checkpointing), metric updates and a CSV logger. Goal: framework cost at most 2%
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="processes per side")
+    parser.add_argument("--repeats", type=int, default=4, help="processes per side")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--no-write", action="store_true", help="print only")
