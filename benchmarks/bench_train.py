@@ -8,10 +8,10 @@ The Lightning side is built from the real configs (hydra compose + lensexp.build
 and trained by a Trainer with the default callbacks (checkpointing off: it would write files the
 plain loop doesn't) and a CSV logger, so logging and metric updates count against it. Each side
 times the same window of batches after a warm-up, in wall time and in process CPU time (all
-threads). Each measurement is a fresh process, the two sides alternating: the same side's speed
-differs by several percent from one process to the next (memory layout, oneDNN's kernel
-choices), more than the goal, so one process per side cannot tell the framework's cost from
-that; the median over processes can.
+threads). Each measurement is a fresh process, the two sides alternating, and the table gives
+the medians and ranges over processes: the same side's speed differs by several percent from
+one process to the next, more than the 2% goal, so one process per side says little
+(docs/benchmarks.md says how much the medians can).
 """
 
 from __future__ import annotations

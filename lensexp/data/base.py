@@ -89,8 +89,9 @@ def seed_generators(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
     if torch.backends.mps.is_available():
         torch.mps.manual_seed(seed)
-    if torch.xpu.is_initialized():
-        torch.xpu.manual_seed_all(seed)
+    xpu = getattr(torch, "xpu", None)  # not in every torch version of pyproject's range
+    if xpu is not None and xpu.is_initialized():
+        xpu.manual_seed_all(seed)
 
 
 class EpochShuffle(Sampler[int]):
