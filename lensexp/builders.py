@@ -264,11 +264,12 @@ def build_report_trainer(cfg: DictConfig, keep_limits: bool) -> L.Trainer:
     `keep_limits`: go as far as the run validated (a debug or limited run stays short);
     otherwise predict the whole split.
     """
-    limits: dict[str, Any] = {"fast_dev_run": False, "limit_predict_batches": 1.0}
+    # None, not 1.0, for "all of it": Lightning announces an explicit 1.0 on the console.
+    limits: dict[str, Any] = {"fast_dev_run": False, "limit_predict_batches": None}
     if keep_limits:
         limits = {
             "fast_dev_run": cfg.trainer.get("fast_dev_run", False),
-            "limit_predict_batches": cfg.trainer.get("limit_val_batches") or 1.0,
+            "limit_predict_batches": cfg.trainer.get("limit_val_batches") or None,
         }
     return instantiate(
         cfg.trainer,

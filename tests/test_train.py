@@ -217,6 +217,30 @@ def test_short_run_through_the_script(classification_root: Path, tmp_path: Path)
     assert {"val/confusion_matrix", "val/roc_curve"} <= set(tb.Tags()["images"])
 
 
+@pytest.mark.parametrize("limit_val_batches", ["null", "0.0", "3"])
+def test_report_trainer_goes_as_far_as_validation_without_a_console_notice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, limit_val_batches: str
+) -> None:
+    import logging
+
+    from lensexp.builders import build_report_trainer
+
+    cfg = compose_cfg(tmp_path, [f"trainer.limit_val_batches={limit_val_batches}"])
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger=lightning_log.name):
+            everything = build_report_trainer(cfg, keep_limits=False)
+            as_validated = build_report_trainer(cfg, keep_limits=True)
+    finally:
+        lightning_log.removeHandler(caplog.handler)
+    assert everything.limit_predict_batches == 1.0
+    # A run that validated on 3 batches reports on 3; one that did not validate, on all.
+    assert as_validated.limit_predict_batches == (3 if limit_val_batches == "3" else 1.0)
+    # Lightning announces an explicit limit of 1.0 ("100% of the batches will be used").
+    assert not [r for r in caplog.records if "was configured so" in r.getMessage()]
+
+
 @pytest.mark.slow
 def test_incompatible_choice_fails_in_one_line_before_any_work(tmp_path: Path) -> None:
     proc = subprocess.run(
