@@ -19,6 +19,11 @@ CONFIG_KEY = "lensexp_config"
 PROVENANCE_KEY = "lensexp_provenance"
 
 
+def stdout_is_terminal() -> bool:
+    """Whether a person watches stdout live (not a log file, a pipe or a SLURM output)."""
+    return sys.stdout.isatty()
+
+
 class StoreConfig(Callback):
     """Put the run's resolved config (plain data) and its provenance (package versions, git
     commit) into every checkpoint, so `evaluate.py ckpt_path=...` can rebuild the data module
@@ -93,7 +98,7 @@ class EpochLog(Callback):
         self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not (self.always or not sys.stdout.isatty()) or not trainer.is_global_zero:
+        if not (self.always or not stdout_is_terminal()) or not trainer.is_global_zero:
             return
         metrics = ", ".join(
             f"{name} {float(value):.4g}"
@@ -111,13 +116,26 @@ class EpochLog(Callback):
 
 
 class ProgressBar(RichProgressBar):
-    """Lightning's RichProgressBar, without the wait when it stops.
+    """Lightning's RichProgressBar, drawn only in a terminal and without the wait when it stops.
+
+    `terminal_only`: draw nothing when stdout is not a terminal (a log file, a SLURM output),
+    where Rich would print the bar's last frame, wrapped to 80 columns, at the end of each stage;
+    `EpochLog` writes a line per epoch there instead. The model summary stays Rich's.
 
     Lightning's drawing thread sleeps a whole refresh period (1 / `refresh_rate` seconds)
     between looks at its stop flag, and stopping the bar joins it: every `fit` ended up to a
     second later at `refresh_rate: 1` (docs/benchmarks.md, start-up and whole-process time).
     Here stopping sets the flag and lets the thread (a daemon) end on its own: after the flag it
     draws nothing more."""
+
+    def __init__(self, *args: Any, terminal_only: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.terminal_only = terminal_only
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.terminal_only and not stdout_is_terminal():
+            self.disable()
 
     def _stop_progress(self) -> None:
         live = getattr(self.progress, "live", None)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
@@ -37,7 +41,7 @@ def test_progress_bar_stops_without_waiting_for_its_drawing_thread(tmp_path) -> 
     trainer = L.Trainer(
         max_epochs=1,
         limit_train_batches=2,
-        callbacks=[ProgressBar(refresh_rate=0.02), keep],
+        callbacks=[ProgressBar(refresh_rate=0.02, terminal_only=False), keep],
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -51,6 +55,34 @@ def test_progress_bar_stops_without_waiting_for_its_drawing_thread(tmp_path) -> 
     assert keep.thread.is_alive()  # but fit did not wait for it
     assert keep.thread.daemon  # and it cannot hold the process open
     assert trainer.progress_bar_callback.progress.live._refresh_thread is None
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_draws_in_a_terminal_only(tmp_path, monkeypatch, terminal) -> None:
+    out = Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=2,
+        callbacks=[ProgressBar()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    data = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
+    trainer.fit(Regression(), DataLoader(data, batch_size=4))
+
+    bar = trainer.progress_bar_callback
+    assert bar.is_enabled is terminal
+    assert (bar.progress is not None) is terminal
+    # Rich draws the epochs' bars ("Epoch 1/1 ... 2/2") into a terminal, nothing into a log.
+    assert ("Epoch 1/1" in out.getvalue()) is terminal
 
 
 def test_entry_point_collects_the_garbage_then_freezes_what_lives(monkeypatch) -> None:

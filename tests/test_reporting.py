@@ -307,3 +307,12 @@ def test_superres_report_science_metrics_and_intervals(tmp_path):
     ]  # fmt: skip
     assert rows[0]["psnr_arc"] == "nan" and rows[5]["psnr_arc"] == "5"
     assert rows[0]["flux_ratio"] == "1.1" and rows[1]["bicubic_flux_ratio"] == "0.85"
+
+
+def test_print_metrics_table_keeps_a_long_title_on_one_line():
+    # As in a log file: Rich's console is 80 columns wide when stdout is not a terminal.
+    console = Console(record=True, width=80)
+    title = "classification: test metrics of the best checkpoint, " + "/data/" * 10 + "test"
+    print_metrics_table({"accuracy": 0.5}, title=title, console=console)
+    lines = console.export_text().splitlines()
+    assert lines[0] == title and "0.5000" in lines[4]

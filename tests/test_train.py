@@ -200,9 +200,10 @@ def test_short_run_through_the_script(classification_root: Path, tmp_path: Path)
     results = json.loads((out / "results.json").read_text())
     assert Path(results["best_checkpoint"]).parent == out / "checkpoints"
     assert f"best checkpoint: {results['best_checkpoint']}" in proc.stdout
-    # Not a terminal: one progress line per epoch, with its metrics.
+    # Not a terminal: one progress line per epoch, with its metrics, and no progress bar.
     (epoch_line,) = [line for line in proc.stdout.splitlines() if "epoch 1/1 (step" in line]
     assert "val/auc_micro" in epoch_line
+    assert "Epoch 0/0" not in proc.stdout
     # Each of Lightning's messages once (fit's and the reports' Trainers each say which devices
     # they use), no notice about our own callbacks, and the model summary.
     assert proc.stdout.count("GPU available:") == 1, proc.stdout[-3000:]

@@ -158,13 +158,17 @@ def write_metrics(
 def print_metrics_table(
     metrics: Mapping[str, Any], title: str, console: Console | None = None
 ) -> None:
-    """Print the flattened scalar metrics, with their `ci95` intervals as in `metrics_markdown`
-    (lists such as the confusion matrix left out)."""
-    table = Table(title=title)
+    """Print `title` on a line of its own, then the flattened scalar metrics with their `ci95`
+    intervals as in `metrics_markdown` (lists such as the confusion matrix left out)."""
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value, text in _rows(metrics):
         if isinstance(value, list | tuple):
             continue
         table.add_row(name, text)
-    (console or Console()).print(table)
+    console = console or Console()
+    # Not as the table's title: Rich wraps that to the table's width, splitting the data
+    # folder's path over several centred lines.
+    console.print(title, soft_wrap=True, markup=False, highlight=False)
+    console.print(table)
