@@ -197,6 +197,7 @@ def apply_run_options(
         for child in module.children():
             if any(True for _ in child.parameters()):
                 child.compile()
+        module.compiled = True
     return module
 
 

@@ -425,6 +425,21 @@ def test_batch_transform_resize_and_eval(classification_root, cache_dir):
     torch.testing.assert_close(a, expected)
 
 
+def test_example_input_is_the_first_training_image_as_evaluation_sees_it(
+    classification_root, cache_dir
+):
+    dm = module(classification_root, cache_dir, resize=224)
+    assert dm.example_input() is None  # nothing set up yet
+    dm.setup("fit")
+    example = dm.example_input()
+    first, _ = dm.datasets["train"][0]
+    expected = F.interpolate(first[None], size=(224, 224), mode="bilinear", antialias=True)
+    assert example.shape == (1, 1, 224, 224)
+    torch.testing.assert_close(example, expected)
+    # The data module's batch hook passes it through as it is: no seeding, no transform.
+    assert dm.on_after_batch_transfer(example, 0) is example
+
+
 def test_batch_transform_augments_only_in_training(classification_root, cache_dir):
     torch.manual_seed(0)
     dm = module(classification_root, cache_dir, batch_size=12)

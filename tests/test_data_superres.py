@@ -51,6 +51,14 @@ def test_items_are_lr_hr_pairs_matching_the_files(superres_root, cache_dir):
         )
 
 
+def test_example_input_is_the_first_training_lr_image(superres_root, cache_dir):
+    dm = module(superres_root, cache_dir, patch_size=16)
+    dm.setup("fit")
+    lr, _ = dm.datasets["train"][0]
+    # The whole LR image, as evaluation passes it (training would crop a 16 px patch).
+    torch.testing.assert_close(dm.example_input(), lr[None])
+
+
 def test_pairs_by_name_not_by_position(tmp_path, cache_dir):
     # LR/ written in reverse order, names whose sorted order differs from their numbers.
     root = make_superres_folder(tmp_path / "sr", 12, lr_size=8)

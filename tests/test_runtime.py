@@ -83,6 +83,7 @@ def test_compile_wraps_each_network_in_place() -> None:
     assert module.net._compiled_call_impl is not None
     assert module.head._compiled_call_impl is not None
     assert module.act._compiled_call_impl is None  # nothing to train, nothing to compile
+    assert module.compiled  # so the model summary does not compile it for a batch of one
     assert list(module.state_dict()) == names  # checkpoints keep their parameter names
 
 
@@ -95,6 +96,7 @@ def test_compile_falls_back_with_one_warning_where_unsupported(monkeypatch, capl
     (record,) = caplog.records
     assert record.getMessage().startswith("runtime.compile=true: torch.compile does not support")
     assert module.net._compiled_call_impl is None
+    assert not getattr(module, "compiled", False)
 
 
 def test_loader_workers() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,8 @@ def test_short_run_through_the_script(classification_root: Path, tmp_path: Path)
     assert proc.stdout.count("GPU available:") == 1, proc.stdout[-3000:]
     assert "already configured" not in proc.stdout
     assert "Total params" in proc.stdout
+    # With FLOPs, counted on the first training image (Lightning counts 0 without an example).
+    assert re.search(r"Total FLOPs: [1-9][\d.]* [KMG]", proc.stdout), proc.stdout[-3000:]
     # The run's TensorBoard folder is named after the model.
     (events,) = (out / "tensorboard" / "mobilenet_v3_small").glob("events.out.tfevents.*")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

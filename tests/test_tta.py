@@ -118,8 +118,8 @@ def test_fit_selects_on_one_pass_and_reports_the_average(
     # 12 validation images (4 per class), 3 test images held out of train/: each epoch's
     # validation saw every image once; the best checkpoint's two reports (val, test) saw each
     # image in 8 views, and its validation metrics come from the val report's pass (no second
-    # pass over val).
-    assert seen["fit-eval"] == 2 * 12
+    # pass over val). The model summary counts FLOPs on one image, in eval mode, at fit's start.
+    assert seen["fit-eval"] == 2 * 12 + 1
     assert "validate-eval" not in seen
     assert seen["predict-eval"] == 8 * (12 + 3)
     monkeypatch.undo()

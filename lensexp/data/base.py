@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from lensexp.checks import check_choice, check_int
@@ -186,6 +187,15 @@ class NpyDataModule(L.LightningDataModule):
         """Augment or resize a batch on its device; identity by default."""
         return batch
 
+    def example_input(self) -> Tensor | None:
+        """The model's input for the first item of the first split set up (training first), as
+        evaluation transforms it: a batch of one, for the model summary's sizes and FLOPs. None
+        before `setup`."""
+        dataset = next((self.datasets[s] for s in SPLITS if s in self.datasets), None)
+        if dataset is None or len(dataset) == 0:
+            return None
+        return self.batch_transform(dataset.__getitems__([0]), train=False)[0]
+
     def metadata(self, split: str) -> Any:
         """What is known of each file of `split` beyond its label, for the evaluation report
         (a `lensexp.data.manifest.FileMetadata`); None by default."""
@@ -322,6 +332,10 @@ class NpyDataModule(L.LightningDataModule):
         return self._loader(self.predict_split, shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, Tensor):
+            # The model summary's `example_input`: already a model input, and not a training
+            # batch (seeding for it would shift every batch's augmentation).
+            return batch
         training = self.trainer is not None and self.trainer.training
         if training:
             self._seed_batch(self.trainer.current_epoch)

@@ -45,6 +45,8 @@ class TaskModule(L.LightningModule):
     pretrained_loaded: bool | None = None
     # Test-time averaging, for tasks that offer it (`model.tta`): "none" or "dihedral".
     tta: str = "none"
+    # Whether its networks were compiled (`runtime.compile`, set by `apply_run_options`).
+    compiled: bool = False
 
     def __init__(
         self, optimizer: OptimizerFactory, scheduler: Mapping[str, Any] | None = None
@@ -70,6 +72,17 @@ class TaskModule(L.LightningModule):
         if spec.get("monitor"):
             config["monitor"] = spec["monitor"]
         return config
+
+    @property
+    def example_input_array(self) -> Tensor | None:
+        """One input of the data being fitted (`example_input` of the trainer's data module),
+        from which Lightning's model summary shows each part's input and output sizes and
+        FLOPs. None without such a data module, or with compiled networks: the summary's
+        forward would compile them for a batch of one."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if self.compiled or not hasattr(datamodule, "example_input"):
+            return None
+        return datamodule.example_input()
 
     @property
     def evaluates_as_in_fit(self) -> bool:
