@@ -66,6 +66,8 @@ def main(quick: bool = False, write: bool = True) -> str:
             "trainer=cpu", "trainer.max_epochs=1", f"trainer.limit_train_batches={n_train}",
             f"trainer.limit_val_batches={n_val}", "trainer.num_sanity_val_steps=0",
             f"paths.data_dir={tmp / 'data'}",
+            # The bar as in a terminal: this benchmark's stdout is a pipe, where it draws none.
+            "callbacks.progress_bar.terminal_only=false",
         ]  # fmt: skip
         timed([*run, f"hydra.run.dir={tmp / 'warm'}"])  # builds the data cache, once
         notebook = [
@@ -104,7 +106,8 @@ A short run of the default classifier ({arch}, batch {batch}) on a simulated fol
 (`data.simulate.n_per_class={n_per_class}`, its data cache built by an earlier untimed run):
 `python train.py data.root=DIR model.pretrained=none trainer=cpu trainer.max_epochs=1
 trainer.limit_train_batches={n_train} trainer.limit_val_batches={n_val}
-trainer.num_sanity_val_steps=0`, as it is (test-time averaging of the best checkpoint's reports
+trainer.num_sanity_val_steps=0 callbacks.progress_bar.terminal_only=false` (the progress bar
+drawn, as in a terminal), as it is (test-time averaging of the best checkpoint's reports
 over 8 views: `model.tta=dihedral`) and with `model.tta=none`, against the reference notebook's
 loop as a script (`benchmarks/notebook_loop.py DIR {n_train} {n_val} {batch} {arch}`: the same
 network and batches, per-file loading, one validation pass, accuracy and AUC printed). Each run
