@@ -27,6 +27,22 @@ class Regression(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+def fit_with(tmp_path, callbacks: list[Callback], max_epochs: int = 1) -> L.Trainer:
+    """The trainer, after fitting `Regression` on two batches an epoch with `callbacks`."""
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        limit_train_batches=2,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    data = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
+    trainer.fit(Regression(), DataLoader(data, batch_size=4))
+    return trainer
+
+
 class KeepDrawingThread(Callback):
     """Holds on to the progress bar's drawing thread while training runs."""
 
@@ -38,17 +54,7 @@ def test_progress_bar_stops_without_waiting_for_its_drawing_thread(tmp_path) -> 
     # A refresh period of 50 s: joining the sleeping thread at the end of fit, as Lightning's
     # own bar does, would leave it finished (after up to 50 s) by the time fit returns.
     keep = KeepDrawingThread()
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        callbacks=[ProgressBar(refresh_rate=0.02, terminal_only=False), keep],
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    data = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
-    trainer.fit(Regression(), DataLoader(data, batch_size=4))
+    trainer = fit_with(tmp_path, [ProgressBar(refresh_rate=0.02, terminal_only=False), keep])
 
     assert keep.thread is not None
     assert keep.thread.done.is_set()  # told to stop: it draws nothing more
@@ -66,17 +72,7 @@ class Terminal(io.StringIO):
 def test_progress_bar_draws_in_a_terminal_only(tmp_path, monkeypatch, terminal) -> None:
     out = Terminal() if terminal else io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        callbacks=[ProgressBar()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    data = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
-    trainer.fit(Regression(), DataLoader(data, batch_size=4))
+    trainer = fit_with(tmp_path, [ProgressBar()], max_epochs=2)
 
     bar = trainer.progress_bar_callback
     assert bar.is_enabled is terminal
