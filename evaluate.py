@@ -9,9 +9,10 @@ from omegaconf import DictConfig
 from lensexp.cli import run_entry_point, run_reporting_errors, set_project_root
 
 CONFIG_DIR = set_project_root(__file__)
+CONFIG_NAME = "eval"
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> None:
     from lensexp.evaluation import evaluate
 
@@ -19,4 +20,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_entry_point(main)
+    run_entry_point(main, (CONFIG_DIR, CONFIG_NAME))

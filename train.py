@@ -9,10 +9,11 @@ from lensexp.cli import run_entry_point, run_reporting_errors, set_project_root
 from lensexp.hydra_setup import prepare_hydra
 
 CONFIG_DIR = set_project_root(__file__)
+CONFIG_NAME = "train"
 prepare_hydra()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float | None:
     from lensexp.training import train
 
@@ -23,4 +24,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    run_entry_point(main)
+    run_entry_point(main, (CONFIG_DIR, CONFIG_NAME))

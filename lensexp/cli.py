@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 
+from lensexp.checks import flatten
 from lensexp.errors import LensexpError
 
 
@@ -124,11 +125,53 @@ COMPOSITION_ERRORS = (ConfigCompositionException, MissingConfigException, Overri
 NOISE = ("full_key:", "object_type=", "Config search path", "provider=", "See https://hydra.cc")
 
 
-def composition_error_line(err: BaseException) -> str:
-    """Hydra's several-line composition error as one line."""
+def similar_keys(key: str, config_dir: str, config_name: str, overrides: list[str]) -> list[str]:
+    """Keys of the config that the unknown `key` may have meant: the same name in another
+    place (`model.compile` -> `runtime.compile`) or a close spelling (`data.bach_size` ->
+    `data.batch_size`). The config is composed with the user's other overrides (they may
+    choose the group that has the key), else with none; [] if neither composes."""
+    import difflib
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    others = [o for o in overrides if not o.startswith("-") and o.split("=")[0].lstrip("+~") != key]
+    for attempt in (others, []):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+                cfg = compose(config_name, overrides=attempt)
+            break
+        except Exception:  # a sweep's syntax, another bad override: try without them
+            continue
+    else:
+        return []
+    keys = list(flatten(OmegaConf.to_container(cfg, resolve=False), "."))
+    name = key.rsplit(".", 1)[-1]
+    names = {k: k.rsplit(".", 1)[-1] for k in keys}
+    elsewhere = [k for k in keys if names[k] == name]
+    spelled = difflib.get_close_matches(key, keys, n=3, cutoff=0.8)
+    # A misspelt name one level off (`model.n_blok` -> `model.generator.n_blocks`).
+    close_names = set(difflib.get_close_matches(name, set(names.values()), n=3, cutoff=0.8))
+    renamed = [k for k in keys if names[k] in close_names and k.startswith(key.split(".")[0])]
+    return list(dict.fromkeys(elsewhere + spelled + renamed))[:3]
+
+
+def composition_error_line(
+    err: BaseException, config: tuple[str, str] | None = None, overrides: list[str] | None = None
+) -> str:
+    """Hydra's several-line composition error as one line. `config` (folder, name) and the
+    command line's `overrides`: where to look for the key an unknown key may have meant."""
     text = str(err)
     if "Could not override" in text and "+" in text:
         key = text.split("'")[1]
+        meant = similar_keys(key, *config, overrides or []) if config else []
+        if meant:
+            return (
+                f"unknown config key {key}: did you mean {' or '.join(meant)}? (`--cfg job` "
+                f"prints every key; +{key}=VALUE adds a new one)"
+            )
         return (
             f"unknown config key {key}: check its spelling (`--cfg job` prints every key), "
             f"or add a new key with +{key}=VALUE"
@@ -147,12 +190,13 @@ def composition_error_line(err: BaseException) -> str:
     return line.strip()
 
 
-def run_entry_point(main: Callable[[], Any]) -> None:
+def run_entry_point(main: Callable[[], Any], config: tuple[str, str] | None = None) -> None:
     """Run a Hydra entry point so that a config Hydra cannot compose, and a LensexpError that
     ends a multirun, are one `lensexp: error:` line and exit 1 instead of Hydra's several
-    lines. HYDRA_FULL_ERROR=1 set by the user keeps Hydra's full reports. After a run that
-    ended normally, the process exits without the interpreter's final garbage collections
-    (`skip_final_collection`)."""
+    lines; `config` (its folder and name, as `hydra.main` has them) lets the line for an
+    unknown key name the keys it may have meant. HYDRA_FULL_ERROR=1 set by the user keeps
+    Hydra's full reports. After a run that ended normally, the process exits without the
+    interpreter's final garbage collections (`skip_final_collection`)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         main()
         skip_final_collection()
@@ -162,7 +206,8 @@ def run_entry_point(main: Callable[[], Any]) -> None:
     try:
         main()
     except COMPOSITION_ERRORS as err:
-        print(f"lensexp: error: {composition_error_line(err)}", file=sys.stderr)
+        line = composition_error_line(err, config, sys.argv[1:])
+        print(f"lensexp: error: {line}", file=sys.stderr)
         sys.exit(1)
     except LensexpError as err:
         # A multirun's failed job (already reported on its own line); the others have run.

@@ -247,6 +247,53 @@ def test_report_trainer_goes_as_far_as_validation_without_a_console_notice(
     assert not [r for r in caplog.records if "was configured so" in r.getMessage()]
 
 
+@pytest.mark.parametrize(
+    "overrides,meant",
+    [
+        (["model.compile=true"], "runtime.compile"),  # the same name in another group
+        (["data.bach_size=4"], "data.batch_size"),  # a misspelling
+        (["model=srresnet", "model.n_blok=4"], "model.generator.n_blocks"),  # in the chosen model
+        (["foo.bar=1"], None),
+    ],
+)
+def test_an_unknown_key_names_the_keys_it_may_have_meant(
+    tmp_path: Path, overrides: list[str], meant: str | None
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    unknown = overrides[-1].split("=")[0]
+    assert line.startswith(f"lensexp: error: unknown config key {unknown}: ")
+    if meant is None:
+        assert "did you mean" not in line
+    else:
+        assert f"did you mean {meant}?" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_similar_keys_look_in_the_config_the_other_overrides_choose(tmp_path: Path) -> None:
+    from lensexp.cli import similar_keys
+
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "small.yaml").write_text("width: 8\n")
+    (tmp_path / "net" / "deep.yaml").write_text("stages:\n  n_blocks: 4\n")
+    (tmp_path / "main.yaml").write_text(
+        "defaults:\n  - net: small\n  - _self_\nrun:\n  compile: false\n  batch_size: 2\n"
+    )
+    conf = str(tmp_path)
+    assert similar_keys("net.compile", conf, "main", []) == ["run.compile"]
+    assert similar_keys("run.bach_size", conf, "main", []) == ["run.batch_size"]
+    assert similar_keys("net.n_blok", conf, "main", ["net=deep", "net.n_blok=3"]) == [
+        "net.stages.n_blocks"
+    ]
+    assert similar_keys("net.n_blok", conf, "main", []) == []  # the default net has none
+    # Overrides that do not compose on their own (a sweep) fall back to the defaults.
+    assert similar_keys("net.compile", conf, "main", ["net=small,deep"]) == ["run.compile"]
+
+
 @pytest.mark.slow
 def test_incompatible_choice_fails_in_one_line_before_any_work(tmp_path: Path) -> None:
     proc = subprocess.run(
