@@ -539,3 +539,9 @@ def test_cli_runs_and_reports_bad_input_in_one_line(tmp_path):
     assert bad.stderr.startswith("lensexp: error: unknown simulator preset 'model_x'")
     assert list(cwd.iterdir()) == []  # Hydra left nothing in the working directory
     assert math.isfinite(float(_manifest(out)[1]["exposure_time"]))
+    misspelt = subprocess.run(
+        [sys.executable, "-m", "lensexp.sim", "task=classification", f"out={out}", "n_per_clas=2"],
+        cwd=cwd, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert misspelt.returncode == 1 and misspelt.stderr.strip().count("\n") == 0
+    assert "unknown config key n_per_clas: did you mean n_per_class?" in misspelt.stderr

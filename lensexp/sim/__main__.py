@@ -20,6 +20,7 @@ from lensexp.errors import LensexpError
 # The CLI config sits in its own folder so Hydra does not offer the presets as a config group
 # (they are files that `preset=NAME` selects and load_preset reads, with one-line errors).
 CONF_DIR = Path(lensexp.__file__).resolve().parent.parent / "conf" / "sim" / "cli"
+CONF_NAME = "config"
 DEFAULT_PRESET = {"classification": "model_i", "superres": "superres_mild"}
 
 
@@ -51,7 +52,7 @@ def run(cfg: DictConfig) -> Path:
     return make_superres_dataset(cfg.out, cfg.n_pairs, **common)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name=CONF_NAME, version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: report bad input as one line and exit 1.
 
@@ -67,4 +68,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_entry_point(main)
+    run_entry_point(main, (str(CONF_DIR), CONF_NAME))
