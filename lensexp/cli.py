@@ -154,7 +154,8 @@ def similar_keys(key: str, config_dir: str, config_name: str, overrides: list[st
     spelled = difflib.get_close_matches(key, keys, n=3, cutoff=0.8)
     # A misspelt name one level off (`model.n_blok` -> `model.generator.n_blocks`).
     close_names = set(difflib.get_close_matches(name, set(names.values()), n=3, cutoff=0.8))
-    renamed = [k for k in keys if names[k] in close_names and k.startswith(key.split(".")[0])]
+    group = key.split(".")[0]
+    renamed = [k for k in keys if names[k] in close_names and k.split(".")[0] == group]
     return list(dict.fromkeys(elsewhere + spelled + renamed))[:3]
 
 
