@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -26,7 +28,18 @@ def ddp_find_unused_parameters(module_target: str) -> bool:
     return bool(getattr(cls, "ddp_find_unused_parameters", False))
 
 
+def run_name(choices: Mapping[str, Any]) -> str:
+    """A run's name in TensorBoard's run list, from Hydra's config choices: the experiment if
+    one is chosen (a sweep's own entry, e.g. a trail of `sr_trails`, before the sweep file),
+    the model, and the ablation step of an `sr_ablation` job: `small_resnet`,
+    `trail_vgg-srresnet`, `classifier_backbones-resnet18`, `sr_ablation-srresnet-prelu`."""
+    experiment = choices.get("experiment@_global_") or choices.get("experiment")
+    parts = (experiment, choices["model"], choices.get("ablation"))
+    return "-".join(str(part) for part in parts if part)
+
+
 RESOLVERS = {
+    "lensexp.run_name": run_name,
     "lensexp.parallel_jobs": parallel_jobs,
     "lensexp.ddp_find_unused_parameters": ddp_find_unused_parameters,
 }

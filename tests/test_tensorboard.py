@@ -1,6 +1,6 @@
 """What a training run leaves in TensorBoard, read back from its event file: the run folder
-named after the model, the HPARAMS entry (resolved config and final metrics) and figures on the
-scalars' step axis."""
+named after the experiment and model, the HPARAMS entry (resolved config and final metrics) and
+figures on the scalars' step axis."""
 
 from __future__ import annotations
 
@@ -47,3 +47,22 @@ def test_run_names_hparams_and_figure_steps(classification_root: Path, tmp_path:
     # (debug=limit: 2 epochs of 3 batches; Lightning logs an epoch's metrics at its last step).
     image_steps = [e.step for e in tb.Images("val/confusion_matrix")]
     assert image_steps == [e.step for e in tb.Scalars("val/acc")] == [2, 5]
+
+
+@pytest.mark.parametrize(
+    "overrides,name",
+    [
+        ([], "small_resnet"),
+        (["model=resnet18"], "resnet18"),
+        (["experiment=trail_vgg"], "trail_vgg-srresnet"),
+        # A job of a sweep over experiments: its own trail, not the sweep file's name.
+        (["experiment=sr_trails", "+experiment@_global_=trail_prelu"], "trail_prelu-srresnet"),
+        (["experiment=classifier_backbones", "model=resnet18"], "classifier_backbones-resnet18"),
+        (["experiment=sr_ablation", "+ablation=prelu"], "sr_ablation-srresnet-prelu"),
+    ],
+)
+def test_a_run_is_named_after_its_experiment_and_model(
+    tmp_path: Path, overrides: list[str], name: str
+) -> None:
+    cfg = compose_cfg(tmp_path, ["logger=tensorboard", *overrides])
+    assert cfg.logger.tensorboard.name == name
