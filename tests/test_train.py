@@ -247,6 +247,7 @@ def test_report_trainer_goes_as_far_as_validation_without_a_console_notice(
     assert not [r for r in caplog.records if "was configured so" in r.getMessage()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides,meant",
     [
