@@ -73,6 +73,8 @@ def main(quick: bool = False, write: bool = True) -> str:
             fp32 = rates["fp32, NCHW"]["images_per_s"]
             for label, r in rates.items():
                 memory = "-" if r["peak_device_mib"] is None else f"{r['peak_device_mib']:.0f}"
+                # What ran: 16-mixed on a GPU without bfloat16 (lensexp.builders.native_precision).
+                label = label.replace("bf16-mixed", r["precision"])
                 train_rows.append(
                     f"| {name} | {label} | {r['images_per_s']:.1f} | "
                     f"{r['images_per_s'] / fp32:.2f}x | {memory} |"
@@ -80,6 +82,7 @@ def main(quick: bool = False, write: bool = True) -> str:
             for label in ("fp32, NCHW", "bf16-mixed, NHWC"):
                 over = [*base, *_on(SETTINGS[label], quick)]
                 r = run_probe("inference", overrides=over, batches=batches, **args)
+                label = label.replace("bf16-mixed", r["precision"])
                 infer_rows.append(
                     f"| {name} | {label} | {r['images_per_s']:.1f} | {r['peak_rss_mib']:.0f} |"
                 )

@@ -15,11 +15,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
 from benchmarks._common import children, compose_cfg, peak_rss_mib, private_kib, pss_kib
-from lensexp.builders import build_datamodule, build_module
+from lensexp.builders import build_datamodule, build_module, use_native_precision
 
 
 def _build(overrides: list[str], data_dir: str, out: str) -> tuple[Any, Any, Any]:
     cfg = compose_cfg(overrides, Path(data_dir), Path(out))
+    use_native_precision(cfg)  # as train.py: bfloat16 only where the GPU has it
     torch.set_num_threads(os.cpu_count() or 1)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
@@ -52,7 +53,12 @@ def inference(overrides: list[str], data_dir: str, out: str, batches: int) -> di
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     seconds = time.perf_counter() - start
     n = min(batches * datamodule.batch_size, len(datamodule.datasets["val"]))
-    return {"images_per_s": n / seconds, "peak_rss_mib": peak_rss_mib(), "images": n}
+    return {
+        "images_per_s": n / seconds,
+        "peak_rss_mib": peak_rss_mib(),
+        "images": n,
+        "precision": str(cfg.trainer.precision),
+    }
 
 
 def loader_memory(overrides: list[str], data_dir: str, out: str, workers: int) -> dict[str, Any]:
@@ -133,6 +139,7 @@ def train_throughput(
         "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20
         if torch.cuda.is_available()
         else None,
+        "precision": str(cfg.trainer.precision),
     }
 
 

@@ -206,12 +206,54 @@ def _environment_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def _native_bf16() -> bool:
+    """Whether the current CUDA device does bfloat16 arithmetic itself (Ampere and later)."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no emulation, so its answer is the native one
+        return torch.cuda.is_bf16_supported()
+
+
+def native_precision(precision: str, accelerator: str) -> str:
+    """`precision`, except bfloat16 on a CUDA GPU without bfloat16 arithmetic (before Ampere,
+    e.g. a T4 or V100): torch would emulate it there, without the tensor cores that make mixed
+    precision fast (their float16 ones; not measured here, no GPU was lent), so float16 mixed
+    precision instead, with one warning line: `trainer=gpu`'s bf16-mixed "where supported"."""
+    if not precision.startswith("bf16") or accelerator not in ("gpu", "cuda", "auto"):
+        return precision
+    if not torch.cuda.is_available() or _native_bf16():
+        return precision
+    fallback = "16-mixed" if precision == "bf16-mixed" else "16-true"
+    log.warning(
+        "trainer.precision=%s: %s has no bfloat16 arithmetic (torch would emulate it); "
+        "running %s instead.",
+        precision,
+        torch.cuda.get_device_name(),
+        fallback,
+    )
+    return fallback
+
+
+def use_native_precision(cfg: DictConfig) -> None:
+    """Set `trainer.precision` (where `cfg` has one) to what this machine runs natively
+    (`native_precision`)."""
+    trainer = cfg.get("trainer")
+    if trainer is None or trainer.get("precision") is None:
+        return
+    asked = str(trainer.precision)
+    native = native_precision(asked, str(trainer.get("accelerator") or "auto"))
+    if native != asked:
+        trainer.precision = native
+
+
 def configure_runtime(cfg: DictConfig) -> dict[str, int]:
     """Set torch's CPU threads from `runtime` (once, before any work): `num_threads` auto =
     OMP_NUM_THREADS where the environment sets it (a user, or a parallel launcher sharing the
     cores among its jobs), else the cores this process may use (its affinity, e.g. a SLURM
-    allocation); `num_interop_threads` auto = torch's own choice; or numbers. Returns the
-    settings in force."""
+    allocation); `num_interop_threads` auto = torch's own choice; or numbers. Also sets
+    `trainer.precision` to what this GPU runs natively (`native_precision`), before the run's
+    config is written. Returns the thread settings in force."""
+    use_native_precision(cfg)
     runtime = cfg.get("runtime") or {}
     threads = runtime.get("num_threads", "auto")
     if threads == "auto":

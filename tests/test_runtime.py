@@ -138,3 +138,36 @@ def test_the_default_run_trains_in_channels_last(tmp_path: Path) -> None:
         assert convs and all(
             w.is_contiguous(memory_format=layout or torch.contiguous_format) for w in convs
         )
+
+
+@pytest.mark.parametrize(
+    "native,trainer,precision",
+    [
+        (False, {"accelerator": "gpu", "precision": "bf16-mixed"}, "16-mixed"),  # a T4, a V100
+        (False, {"accelerator": "auto", "precision": "bf16-true"}, "16-true"),
+        (True, {"accelerator": "gpu", "precision": "bf16-mixed"}, "bf16-mixed"),  # Ampere on
+        (False, {"accelerator": "gpu", "precision": "32-true"}, "32-true"),
+        (False, {"accelerator": "cpu", "precision": "bf16-mixed"}, "bf16-mixed"),  # not a GPU's
+    ],
+)
+def test_bf16_only_where_the_gpu_has_it(threads, monkeypatch, caplog, native, trainer, precision):
+    # A CUDA device as torch describes it: capability 7.5 emulates bfloat16, 8.0 has it.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: native or including_emulation,
+    )
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Tesla T4")
+    cfg = OmegaConf.create({"runtime": {}, "trainer": trainer})
+    with caplog.at_level(logging.WARNING, logger="lensexp.builders"):
+        configure_runtime(cfg)
+    assert cfg.trainer.precision == precision
+    if precision == trainer["precision"]:
+        assert not caplog.records
+    else:
+        (record,) = caplog.records
+        assert record.getMessage() == (
+            f"trainer.precision={trainer['precision']}: Tesla T4 has no bfloat16 arithmetic "
+            f"(torch would emulate it); running {precision} instead."
+        )
