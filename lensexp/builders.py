@@ -210,7 +210,7 @@ def _native_bf16() -> bool:
     """Whether the current CUDA device does bfloat16 arithmetic itself (Ampere and later)."""
     try:
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3 has no emulation, so its answer is the native one
+    except TypeError:  # an older torch, without the argument, answers for native arithmetic
         return torch.cuda.is_bf16_supported()
 
 
@@ -223,7 +223,7 @@ def native_precision(precision: str, accelerator: str) -> str:
         return precision
     if not torch.cuda.is_available() or _native_bf16():
         return precision
-    fallback = "16-mixed" if precision == "bf16-mixed" else "16-true"
+    fallback = "16-true" if precision == "bf16-true" else "16-mixed"  # "bf16": bf16-mixed
     log.warning(
         "trainer.precision=%s: %s has no bfloat16 arithmetic (torch would emulate it); "
         "running %s instead.",

@@ -145,6 +145,7 @@ def test_the_default_run_trains_in_channels_last(tmp_path: Path) -> None:
     [
         (False, {"accelerator": "gpu", "precision": "bf16-mixed"}, "16-mixed"),  # a T4, a V100
         (False, {"accelerator": "auto", "precision": "bf16-true"}, "16-true"),
+        (False, {"accelerator": "cuda", "precision": "bf16"}, "16-mixed"),  # Lightning's alias
         (True, {"accelerator": "gpu", "precision": "bf16-mixed"}, "bf16-mixed"),  # Ampere on
         (False, {"accelerator": "gpu", "precision": "32-true"}, "32-true"),
         (False, {"accelerator": "cpu", "precision": "bf16-mixed"}, "bf16-mixed"),  # not a GPU's
