@@ -23,6 +23,7 @@ from benchmarks._report import write_section
 
 SECTIONS = {
     "training": lambda quick: bench_train.main(repeats=1 if quick else 4, quick=quick),
+    "overhead": lambda quick: bench_train.overhead_main(repeats=1 if quick else 6, quick=quick),
     "data": lambda quick: bench_data.main(quick=quick),
     "runtime": lambda quick: bench_runtime.main(quick=quick),
     "startup": lambda quick: bench_startup.main(quick=quick),

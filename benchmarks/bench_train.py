@@ -2,7 +2,8 @@
 the same network, loss, optimizer, batches and batch transform.
 
 Run from the repository root:  python benchmarks/bench_train.py [--repeats 4] [--quick]
-(or all benchmarks: python -m benchmarks). Writes the "training" section of docs/benchmarks.md.
+(or all benchmarks: python -m benchmarks). Writes the "training" section of docs/benchmarks.md;
+with --overhead, the framework's work per step (null networks), its "overhead" section.
 
 The Lightning side is built from the real configs (hydra compose + lensexp.builders)
 and trained by a Trainer with the default callbacks (checkpointing off: it would write files the
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -61,6 +64,79 @@ CASES: dict[str, tuple[list[str], int, int]] = {
         2,
     ),
 }
+
+
+# The framework's own work per step, large enough to measure: each case's data, batch transform,
+# loss, metrics, optimizer, callbacks and logger around networks that cost next to nothing
+# (NULL_NETWORKS), so the sides differ by the framework's work alone, in milliseconds, where a
+# real network's step differs by a few percent of a noisy whole. name -> (overrides, batches,
+# warm-up batches); the datasets are larger than the defaults so that one epoch holds the
+# batches.
+OVERHEAD_CASES: dict[str, tuple[list[str], int, int]] = {
+    "classifier, small_resnet (default)": (
+        ["model=small_resnet", "data.simulate.n_per_class=1200"],
+        65,
+        5,
+    ),
+    "srresnet 16 blocks, mse": (
+        ["model=srresnet", "loss=mse", "data.simulate.n_pairs=1400"],
+        65,
+        5,
+    ),
+    "srresnet 16 blocks, adversarial (two optimizers)": (
+        ["model=srresnet", "loss=adversarial", "data.simulate.n_pairs=1400"],
+        65,
+        5,
+    ),
+}
+# The real networks' plain-loop step, the overhead's denominator: batches, warm-up batches.
+REAL_STEP_BATCHES = {"classification": (12, 2), "superres": (5, 1)}
+
+
+class NullClassifier(nn.Module):
+    """Logits from each image's mean pixel: a classifier with next to no cost."""
+
+    def __init__(self, n_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_classes))
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(1, 2, 3))[:, None] * self.weight + self.bias
+
+
+class NullGenerator(nn.Module):
+    """Nearest-neighbour upsampling with one weight: a generator with next to no cost."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=self.scale, mode="nearest") * self.weight
+
+
+class NullDiscriminator(nn.Module):
+    """One logit from each image's mean pixel: a discriminator with next to no cost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(1, 2, 3))[:, None] * self.weight + self.bias
+
+
+def use_null_networks(module: Any) -> None:
+    """Swap the module's networks for NULL ones, before any optimizer is made."""
+    if module.task == "classification":
+        module.net = NullClassifier(len(module.class_names))
+        return
+    module.generator = NullGenerator(module.scale)
+    if getattr(module, "discriminator", None) is not None:
+        module.discriminator = NullDiscriminator()
 
 
 # --quick: a few batches (and SR batches of 4) to check that the benchmark runs, not to measure.
@@ -116,11 +192,19 @@ def compose_cfg(overrides: list[str], data_dir: Path, out: Path, batches: int) -
     return cfg
 
 
-def lightning_rate(cfg: Any, batches: int, warmup: int) -> tuple[float, float]:
-    """Images/s (wall) and CPU seconds per image of the Lightning path."""
+def build(cfg: Any, null: bool) -> tuple[Any, Any]:
+    """The data module and task module of `cfg`, with NULL networks if `null`."""
     L.seed_everything(0)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
+    if null:
+        use_null_networks(module)
+    return datamodule, module
+
+
+def lightning_rate(cfg: Any, batches: int, warmup: int, null: bool = False) -> tuple[float, float]:
+    """Images/s (wall) and CPU seconds per image of the Lightning path."""
+    datamodule, module = build(cfg, null)
     timer = WindowTimer(warmup)
     callbacks = [c for c in build_callbacks(cfg) if not isinstance(c, ModelCheckpoint)]
     loggers = [instantiate(n) for n in cfg.logger.values()]
@@ -132,12 +216,10 @@ def lightning_rate(cfg: Any, batches: int, warmup: int) -> tuple[float, float]:
     return images / timer.wall, timer.cpu / images
 
 
-def plain_rate(cfg: Any, batches: int, warmup: int) -> tuple[float, float]:
+def plain_rate(cfg: Any, batches: int, warmup: int, null: bool = False) -> tuple[float, float]:
     """The same objects driven by a hand-written loop (what a script without Lightning does):
     images/s (wall) and CPU seconds per image."""
-    L.seed_everything(0)
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
+    datamodule, module = build(cfg, null)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     step = plain_step(module)
@@ -195,38 +277,56 @@ def plain_step(module: Any) -> Callable[[Any, int], None]:
     return sr_step
 
 
-def case(name: str, quick: bool) -> tuple[list[str], int, int]:
-    """The case's overrides, batches and warm-up batches (--quick: few and small)."""
-    overrides, batches, warmup = CASES[name]
+def case(name: str, quick: bool, kind: str = "throughput") -> tuple[list[str], int, int]:
+    """The case's overrides, batches and warm-up batches (--quick: few and small). `kind`:
+    throughput (CASES), overhead (OVERHEAD_CASES, whose networks are swapped for NULL ones), or
+    step (OVERHEAD_CASES with their real networks, a few batches: the overhead's denominator)."""
+    overrides, batches, warmup = (CASES if kind == "throughput" else OVERHEAD_CASES)[name]
+    is_sr = "srresnet" in name
+    if kind == "step":
+        batches, warmup = REAL_STEP_BATCHES["superres" if is_sr else "classification"]
     if quick:
         batches, warmup = QUICK["batches"], QUICK["warmup"]
         small = ["data.simulate.n_per_class=40", "data.simulate.n_pairs=40"]
-        is_sr = "srresnet" in name
+        overrides = [o for o in overrides if not o.startswith("data.simulate.")]
         overrides = [*overrides, small[is_sr]]
         overrides += [f"data.batch_size={QUICK['sr_batch']}"] if is_sr else []
     return overrides, batches, warmup
 
 
-def measure(side: str, name: str, quick: bool, data_dir: Path) -> tuple[float, float]:
+def measure(
+    side: str, name: str, quick: bool, data_dir: Path, kind: str = "throughput"
+) -> tuple[float, float]:
     """One side of one case in this process: images/s (wall) and CPU seconds per image."""
     torch.set_num_threads(os.cpu_count() or 1)
-    overrides, batches, warmup = case(name, quick)
+    overrides, batches, warmup = case(name, quick, kind)
     cfg = compose_cfg(overrides, data_dir, data_dir.parent / f"out_{side}", batches)
     rate = lightning_rate if side == "lightning" else plain_rate
-    return rate(cfg, batches, warmup)
+    return rate(cfg, batches, warmup, null=kind == "overhead")
 
 
 def measure_in_new_process(
-    side: str, name: str, quick: bool, data_dir: Path
+    side: str, name: str, quick: bool, data_dir: Path, kind: str = "throughput"
 ) -> tuple[float, float]:
     """`measure` in a fresh interpreter (its result is the last line of its output)."""
-    command = [sys.executable, __file__, "--measure", side, "--cases", name,
+    command = [sys.executable, __file__, "--measure", side, "--kind", kind, "--cases", name,
                "--data-dir", str(data_dir)] + (["--quick"] if quick else [])  # fmt: skip
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
     rate, cpu = json.loads(proc.stdout.strip().splitlines()[-1])
     return rate, cpu
+
+
+def measure_sides(
+    name: str, quick: bool, data_dir: Path, repeats: int, kind: str
+) -> dict[str, list[tuple[float, float]]]:
+    """`repeats` fresh processes per side, the sides alternating so drift hits both alike."""
+    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "lightning": []}
+    for r in range(repeats):
+        for side in ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain"):
+            runs[side].append(measure_in_new_process(side, name, quick, data_dir, kind))
+    return runs
 
 
 def main(repeats: int = 4, quick: bool = False, cases: list[str] | None = None,
@@ -239,10 +339,7 @@ def main(repeats: int = 4, quick: bool = False, cases: list[str] | None = None,
             overrides, batches, warmup = case(name, quick)
             cfg = compose_cfg(overrides, data_dir, Path(tmp) / "out", batches)
             build_datamodule(cfg)  # simulate once, outside the timings
-            runs: dict[str, list[tuple[float, float]]] = {"plain": [], "lightning": []}
-            for r in range(repeats):  # alternating, so drift hits both sides alike
-                for side in ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain"):
-                    runs[side].append(measure_in_new_process(side, name, quick, data_dir))
+            runs = measure_sides(name, quick, data_dir, repeats, "throughput")
             rate = {s: statistics.median(r for r, _ in v) for s, v in runs.items()}
             cpu = {s: statistics.median(c for _, c in v) for s, v in runs.items()}
             spread = {s: f"{min(r for r, _ in v):.2f}-{max(r for r, _ in v):.2f}"
@@ -281,17 +378,83 @@ Goal: framework cost at most 2%.
     return markdown
 
 
+def overhead_main(repeats: int = 6, quick: bool = False, cases: list[str] | None = None,
+                  write: bool = True) -> str:  # fmt: skip
+    """The framework's work per step (OVERHEAD_CASES), against the real step; the markdown."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        for name in cases or list(OVERHEAD_CASES):
+            overrides, batches, warmup = case(name, quick, "overhead")
+            cfg = compose_cfg(overrides, data_dir, Path(tmp) / "out", batches)
+            build_datamodule(cfg)  # simulate once, outside the timings
+            n = cfg.data.batch_size
+            runs = measure_sides(name, quick, data_dir, repeats, "overhead")
+            # ms per step: wall from images/s, CPU from CPU seconds per image
+            wall = {s: [1000.0 * n / r for r, _ in v] for s, v in runs.items()}
+            cpu = {s: [1000.0 * n * c for _, c in v] for s, v in runs.items()}
+            med = {s: statistics.median(v) for s, v in wall.items()}
+            work = med["lightning"] - med["plain"]
+            cpu_work = statistics.median(cpu["lightning"]) - statistics.median(cpu["plain"])
+            real_rate, _ = measure_in_new_process("plain", name, quick, data_dir, "step")
+            real_ms = 1000.0 * n / real_rate
+            spread = {s: f"{min(v):.2f}-{max(v):.2f}" for s, v in wall.items()}
+            rows.append((name, n, f"{warmup + 1}-{batches}", med, spread, work, cpu_work,
+                         real_ms))  # fmt: skip
+            print(f"{name}: null networks, plain {med['plain']:.2f} ms/step ({spread['plain']}), "
+                  f"lightning {med['lightning']:.2f} ({spread['lightning']}): framework "
+                  f"{work:+.2f} ms/step (CPU {cpu_work:+.2f}), real step {real_ms:.0f} ms, "
+                  f"{100 * work / real_ms:+.2f}%", flush=True)  # fmt: skip
+    step_batches = "; ".join(f"{task}: {b - w} batches after {w} of warm-up"
+                             for task, (b, w) in REAL_STEP_BATCHES.items())  # fmt: skip
+    table = "\n".join(
+        f"| {name} | {n} | {timed} | {m['plain']:.2f} ({s['plain']}) | {m['lightning']:.2f} "
+        f"({s['lightning']}) | {work:+.2f} | {cpu_work:+.2f} | {real:.0f} | "
+        f"{100 * work / real:+.2f}% |"
+        for name, n, timed, m, s, work, cpu_work, real in rows
+    )
+    command = "python -m benchmarks" + (" --quick" if quick else "")
+    markdown = f"""### The framework's work per step
+
+Command: `{command}` (or `python benchmarks/bench_train.py --overhead --repeats {repeats}`).
+Machine: {describe_machine()}. Each case's data, batch transform, loss, metrics, optimizers,
+callbacks and logger as above, around networks that cost next to nothing (a classifier and a
+discriminator that read each image's mean, a generator that repeats each pixel), so that the
+sides differ by the framework's own work per step: milliseconds a step, well above this
+machine's noise, where the whole step's difference is a few percent of a noisy whole. Median
+of {repeats} fresh processes per side, alternating (range in brackets); the framework's share is
+its work per step over the real networks' step in the plain loop (one process; {step_batches}).
+Goal: at most 2%.
+
+| case | batch | timed batches | plain loop (ms/step) | Lightning (ms/step) | framework's work (ms/step) | (CPU ms/step) | real step, plain loop (ms) | framework's share |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{table}
+"""
+    if write:
+        write_section("overhead", markdown)
+    return markdown
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=4, help="processes per side")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument(
+        "--cases", nargs="*", help="names of CASES (OVERHEAD_CASES with --overhead)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--overhead", action="store_true", help="the framework's work per step (null networks)"
+    )
     # Internal: one measurement, run by main() in a fresh process.
     parser.add_argument("--measure", choices=["plain", "lightning"], help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="throughput", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.cases[0], args.quick, args.data_dir)))
+        result = measure(args.measure, args.cases[0], args.quick, args.data_dir, args.kind)
+        print(json.dumps(result))
+    elif args.overhead:
+        print(overhead_main(args.repeats, args.quick, args.cases, not args.no_write))
     else:
         print(main(args.repeats, args.quick, args.cases, not args.no_write))
