@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from lensexp.hydra_setup import prepare_hydra
 from tests.helpers import make_classification_folder, make_superres_folder
+
+# The entry points register lensexp's config resolvers before they compose; the tests compose
+# too, so they do the same, whichever test file runs first (test_superres_module.py run alone
+# failed on `${lensexp.run_name:...}`).
+prepare_hydra()
 
 
 @pytest.fixture
