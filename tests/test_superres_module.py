@@ -8,6 +8,7 @@ Images are 16 -> 32 px and networks tiny, so every Lightning run takes about a s
 from __future__ import annotations
 
 import copy
+import csv
 import json
 from functools import partial
 from pathlib import Path
@@ -262,6 +263,64 @@ def test_generator_step_backpropagates_through_the_frozen_discriminator() -> Non
     assert changed(disc_before, module.discriminator)
     assert all(p.requires_grad for p in module.discriminator.parameters())
     assert all(p.requires_grad for p in module.generator.parameters())
+
+
+class StepLosses(Callback):
+    """Each training step's loss (the automatic step's output) and batch size."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append((float(outputs["loss"]), batch[0].shape[0]))
+
+
+@pytest.mark.parametrize("name", ["mse", "adversarial"])
+def test_training_logs_epoch_means_every_step_and_step_values_when_written(
+    tmp_path: Path, name: str
+) -> None:
+    # 18 pairs in batches of 4: five steps an epoch, the last of 2 (so the mean is weighted);
+    # the loggers write every 5th step.
+    module = make_module(name)
+    calls: list[str] = []
+    log = module.log
+
+    def counted(key: str, *args, **kwargs) -> None:
+        if module.trainer.training:
+            calls.append(key)
+        log(key, *args, **kwargs)
+
+    module.log = counted
+    losses = StepLosses()
+    t = trainer(max_epochs=2, limit_train_batches=None, log_every_n_steps=5,
+                logger=L.pytorch.loggers.CSVLogger(tmp_path, name="csv"),
+                callbacks=[losses] if name == "mse" else [])  # fmt: skip
+    t.fit(module, train_dataloaders=loader(18), val_dataloaders=loader())
+    rows = list(csv.DictReader((Path(t.logger.log_dir) / "metrics.csv").read_text().splitlines()))
+    stepwise = "train/loss" if name == "mse" else "train/d_loss"
+
+    # Step values: written on steps 4 and 9 (every 5th of 10), so self.log'ged on those alone;
+    # epoch values: one self.log an epoch each (the stepwise one twice: `_epoch`, and bare for
+    # monitors), not one per step as before (2 x 10 calls for mse).
+    written = {int(r["step"]): float(r[f"{stepwise}_step"]) for r in rows if r[f"{stepwise}_step"]}
+    assert sorted(written) == [4, 9]
+    # mse: loss (twice) and pixel; adversarial: those, the GAN term, and d_loss and its four
+    # terms, each stepwise (twice, and a step value).
+    epoch_keys, step_keys = {"mse": (3, 1), "adversarial": (4 + 2 * 5, 1 + 5)}[name]
+    assert calls.count(f"{stepwise}_step") == 2
+    assert len(calls) == 2 * epoch_keys + 2 * step_keys
+
+    epochs = [r for r in rows if r.get(f"{stepwise}_epoch")]
+    assert len(epochs) == 2 and "train/loss_pixel" in rows[0]
+    if name == "mse":
+        for step, value in written.items():
+            assert value == pytest.approx(losses.steps[step][0], rel=1e-6)
+        for epoch, row in enumerate(epochs):
+            steps = losses.steps[5 * epoch : 5 * epoch + 5]
+            mean = sum(v * n for v, n in steps) / sum(n for _, n in steps)
+            assert float(row["train/loss_epoch"]) == pytest.approx(mean, rel=1e-5)
+            assert float(row["train/loss_pixel"]) == pytest.approx(mean, rel=1e-5)
+        assert float(t.callback_metrics["train/loss"]) == pytest.approx(mean, rel=1e-5)
 
 
 def test_discriminator_warmup_leaves_out_the_gan_term() -> None:

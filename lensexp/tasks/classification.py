@@ -110,8 +110,9 @@ class ClassifierModule(TaskModule):
         loss = self.loss(logits, y)
         # update, not the metric's call: that also computes a per-step accuracy nobody logs.
         self.train_acc.update(logits.argmax(dim=1), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        n = y.shape[0]
+        self.log_training({"train/loss": loss}, n, stepwise=["train/loss"], prog_bar=["train/loss"])
+        self.log_epoch_metric("train/acc", self.train_acc)
         return loss
 
     # -- validation -----------------------------------------------------------------------

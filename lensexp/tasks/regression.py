@@ -79,7 +79,9 @@ class AxionMassRegressor(TaskModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = self.loss(self(x), y.float())
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log_training(
+            {"train/loss": loss}, y.shape[0], stepwise=["train/loss"], prog_bar=["train/loss"]
+        )
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

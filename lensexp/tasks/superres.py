@@ -203,8 +203,8 @@ class SuperResolutionModule(TaskModule):
             self.log(f"{prefix}{name}", value, batch_size=n, **kwargs)
 
     def log_train_loss(self, loss: Tensor, terms: dict[str, Tensor], n: int) -> None:
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self._log_terms("train/loss_", terms, n, on_step=False, on_epoch=True)
+        values = {"train/loss": loss, **{f"train/loss_{k}": v for k, v in terms.items()}}
+        self.log_training(values, n, stepwise=["train/loss"], prog_bar=["train/loss"])
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         lr, hr = batch
@@ -513,11 +513,10 @@ class AdversarialSRModule(SuperResolutionModule):
             opt_d.zero_grad()
             self.manual_backward(d_loss)
             opt_d.step()
-        self.log("train/d_loss", d_loss, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/d_loss_real", d_terms["real"], on_epoch=True, batch_size=n)
-        self.log("train/d_loss_fake", d_terms["fake"], on_epoch=True, batch_size=n)
-        self.log("train/d_real_logit", d_terms["real_logit"], on_epoch=True, batch_size=n)
-        self.log("train/d_fake_logit", d_terms["fake_logit"], on_epoch=True, batch_size=n)
+        d_values = {"train/d_loss": d_loss, "train/d_loss_real": d_terms["real"],
+                    "train/d_loss_fake": d_terms["fake"], "train/d_real_logit":
+                    d_terms["real_logit"], "train/d_fake_logit": d_terms["fake_logit"]}  # fmt: skip
+        self.log_training(d_values, n, stepwise=d_values)
         self._step_schedulers("step", self.generator_steps)
 
     def on_train_epoch_end(self) -> None:
