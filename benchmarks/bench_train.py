@@ -69,23 +69,23 @@ CASES: dict[str, tuple[list[str], int, int]] = {
 # The framework's own work per step, large enough to measure: each case's data, batch transform,
 # loss, metrics, optimizer, callbacks and logger around networks that cost next to nothing
 # (NULL_NETWORKS), so the sides differ by the framework's work alone, in milliseconds, where a
-# real network's step differs by a few percent of a noisy whole. name -> (overrides, batches,
-# warm-up batches); the datasets are larger than the defaults so that one epoch holds the
-# batches.
+# real network's step differs by a few percent of a noisy whole. name -> (overrides, epochs,
+# warm-up batches): whole epochs of datasets larger than the defaults (about 70 batches an
+# epoch), so that each process times a few seconds rather than a fraction of one.
 OVERHEAD_CASES: dict[str, tuple[list[str], int, int]] = {
     "classifier, small_resnet (default)": (
         ["model=small_resnet", "data.simulate.n_per_class=1200"],
-        65,
+        4,
         5,
     ),
     "srresnet 16 blocks, mse": (
         ["model=srresnet", "loss=mse", "data.simulate.n_pairs=1400"],
-        65,
+        4,
         5,
     ),
     "srresnet 16 blocks, adversarial (two optimizers)": (
         ["model=srresnet", "loss=adversarial", "data.simulate.n_pairs=1400"],
-        65,
+        4,
         5,
     ),
 }
@@ -154,23 +154,31 @@ class Window:
 
 
 class WindowTimer(Callback):
-    """Wall and CPU time from the start of batch `warmup` to the end of the last batch."""
+    """Wall and CPU time, and images, from the start of batch `warmup` (counted over epochs) to
+    the end of the last batch."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.window = Window()
         self.wall = self.cpu = 0.0
+        self.seen = self.images = 0
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.fit_loop.epoch_loop.batch_idx == self.warmup:
+        if self.seen == self.warmup:
             self.window.start()
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.fit_loop.epoch_loop.batch_idx >= self.warmup:
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        self.seen += 1
+        if self.seen > self.warmup:
+            self.images += len(batch[0])
             self.wall, self.cpu = self.window.stop()
 
 
-def compose_cfg(overrides: list[str], data_dir: Path, out: Path, batches: int) -> Any:
+def compose_cfg(
+    overrides: list[str], data_dir: Path, out: Path, batches: int | None, epochs: int = 1
+) -> Any:
+    """The case's config: `epochs` epochs of `batches` batches each (None: all), no validation."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
             "train",
@@ -179,8 +187,8 @@ def compose_cfg(overrides: list[str], data_dir: Path, out: Path, batches: int) -
                 f"paths.data_dir={data_dir}",
                 f"paths.output_dir={out}",
                 "trainer=cpu",
-                "trainer.max_epochs=1",
-                f"++trainer.limit_train_batches={batches}",
+                f"trainer.max_epochs={epochs}",
+                f"++trainer.limit_train_batches={'null' if batches is None else batches}",
                 "++trainer.limit_val_batches=0",
                 "++trainer.num_sanity_val_steps=0",
                 "logger=csv",
@@ -202,8 +210,9 @@ def build(cfg: Any, null: bool) -> tuple[Any, Any]:
     return datamodule, module
 
 
-def lightning_rate(cfg: Any, batches: int, warmup: int, null: bool = False) -> tuple[float, float]:
-    """Images/s (wall) and CPU seconds per image of the Lightning path."""
+def lightning_rate(cfg: Any, warmup: int, null: bool = False) -> tuple[float, float]:
+    """Images/s (wall) and CPU seconds per image of the Lightning path, fitting as `cfg` says
+    (its epochs and batches) and timing from batch `warmup` on."""
     datamodule, module = build(cfg, null)
     timer = WindowTimer(warmup)
     callbacks = [c for c in build_callbacks(cfg) if not isinstance(c, ModelCheckpoint)]
@@ -212,28 +221,33 @@ def lightning_rate(cfg: Any, batches: int, warmup: int, null: bool = False) -> t
         cfg.trainer, callbacks=[*callbacks, timer], logger=loggers, enable_checkpointing=False
     )
     trainer.fit(module, datamodule=datamodule)
-    images = (batches - warmup) * datamodule.batch_size
-    return images / timer.wall, timer.cpu / images
+    return timer.images / timer.wall, timer.cpu / timer.images
 
 
-def plain_rate(cfg: Any, batches: int, warmup: int, null: bool = False) -> tuple[float, float]:
-    """The same objects driven by a hand-written loop (what a script without Lightning does):
-    images/s (wall) and CPU seconds per image."""
+def plain_rate(cfg: Any, warmup: int, null: bool = False) -> tuple[float, float]:
+    """The same objects driven by a hand-written loop (what a script without Lightning does),
+    the same epochs and batches: images/s (wall) and CPU seconds per image."""
     datamodule, module = build(cfg, null)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
+    batches = cfg.trainer.limit_train_batches or len(loader)
     step = plain_step(module)
     module.train()
     window = Window()
-    for i, batch in enumerate(loader):
-        if i == warmup:
-            window.start()
-        if i == batches:
-            break
-        batch = datamodule.batch_transform(batch, train=True)
-        step(batch, i)
+    seen = images = 0
+    for epoch in range(cfg.trainer.max_epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for i, batch in enumerate(loader):
+            if i == batches:
+                break
+            if seen == warmup:
+                window.start()
+            step(datamodule.batch_transform(batch, train=True), i)
+            seen += 1
+            if seen > warmup:
+                images += len(batch[0])
     wall, cpu = window.stop()
-    images = (batches - warmup) * datamodule.batch_size
     return images / wall, cpu / images
 
 
@@ -277,21 +291,29 @@ def plain_step(module: Any) -> Callable[[Any, int], None]:
     return sr_step
 
 
-def case(name: str, quick: bool, kind: str = "throughput") -> tuple[list[str], int, int]:
-    """The case's overrides, batches and warm-up batches (--quick: few and small). `kind`:
-    throughput (CASES), overhead (OVERHEAD_CASES, whose networks are swapped for NULL ones), or
-    step (OVERHEAD_CASES with their real networks, a few batches: the overhead's denominator)."""
-    overrides, batches, warmup = (CASES if kind == "throughput" else OVERHEAD_CASES)[name]
+def case(
+    name: str, quick: bool, kind: str = "throughput"
+) -> tuple[list[str], int | None, int, int]:
+    """The case's overrides, batches an epoch (None: all), warm-up batches and epochs
+    (--quick: few and small). `kind`: throughput (CASES), overhead (OVERHEAD_CASES, whose
+    networks are swapped for NULL ones), or step (OVERHEAD_CASES with their real networks, a
+    few batches: the overhead's denominator)."""
+    epochs = 1
+    if kind == "throughput":
+        overrides, batches, warmup = CASES[name]
+    else:
+        overrides, epochs, warmup = OVERHEAD_CASES[name]
+        batches = None
     is_sr = "srresnet" in name
     if kind == "step":
-        batches, warmup = REAL_STEP_BATCHES["superres" if is_sr else "classification"]
+        (batches, warmup), epochs = REAL_STEP_BATCHES["superres" if is_sr else "classification"], 1
     if quick:
-        batches, warmup = QUICK["batches"], QUICK["warmup"]
+        batches, warmup, epochs = QUICK["batches"], QUICK["warmup"], 1
         small = ["data.simulate.n_per_class=40", "data.simulate.n_pairs=40"]
         overrides = [o for o in overrides if not o.startswith("data.simulate.")]
         overrides = [*overrides, small[is_sr]]
         overrides += [f"data.batch_size={QUICK['sr_batch']}"] if is_sr else []
-    return overrides, batches, warmup
+    return overrides, batches, warmup, epochs
 
 
 def measure(
@@ -299,10 +321,10 @@ def measure(
 ) -> tuple[float, float]:
     """One side of one case in this process: images/s (wall) and CPU seconds per image."""
     torch.set_num_threads(os.cpu_count() or 1)
-    overrides, batches, warmup = case(name, quick, kind)
-    cfg = compose_cfg(overrides, data_dir, data_dir.parent / f"out_{side}", batches)
+    overrides, batches, warmup, epochs = case(name, quick, kind)
+    cfg = compose_cfg(overrides, data_dir, data_dir.parent / f"out_{side}", batches, epochs)
     rate = lightning_rate if side == "lightning" else plain_rate
-    return rate(cfg, batches, warmup, null=kind == "overhead")
+    return rate(cfg, warmup, null=kind == "overhead")
 
 
 def measure_in_new_process(
@@ -336,7 +358,7 @@ def main(repeats: int = 4, quick: bool = False, cases: list[str] | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         for name in cases or list(CASES):
             data_dir = Path(tmp) / "data"
-            overrides, batches, warmup = case(name, quick)
+            overrides, batches, warmup, _ = case(name, quick)
             cfg = compose_cfg(overrides, data_dir, Path(tmp) / "out", batches)
             build_datamodule(cfg)  # simulate once, outside the timings
             runs = measure_sides(name, quick, data_dir, repeats, "throughput")
@@ -385,9 +407,11 @@ def overhead_main(repeats: int = 6, quick: bool = False, cases: list[str] | None
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         for name in cases or list(OVERHEAD_CASES):
-            overrides, batches, warmup = case(name, quick, "overhead")
-            cfg = compose_cfg(overrides, data_dir, Path(tmp) / "out", batches)
-            build_datamodule(cfg)  # simulate once, outside the timings
+            overrides, batches, warmup, epochs = case(name, quick, "overhead")
+            cfg = compose_cfg(overrides, data_dir, Path(tmp) / "out", batches, epochs)
+            datamodule = build_datamodule(cfg)  # simulate once, outside the timings
+            datamodule.setup("fit")
+            batches = epochs * (batches or len(datamodule.train_dataloader()))
             n = cfg.data.batch_size
             runs = measure_sides(name, quick, data_dir, repeats, "overhead")
             # ms per step: wall from images/s, CPU from CPU seconds per image
@@ -399,7 +423,8 @@ def overhead_main(repeats: int = 6, quick: bool = False, cases: list[str] | None
             real_rate, _ = measure_in_new_process("plain", name, quick, data_dir, "step")
             real_ms = 1000.0 * n / real_rate
             spread = {s: f"{min(v):.2f}-{max(v):.2f}" for s, v in wall.items()}
-            rows.append((name, n, f"{warmup + 1}-{batches}", med, spread, work, cpu_work,
+            timed = f"{warmup + 1}-{batches}" + (f" of {epochs} epochs" if epochs > 1 else "")
+            rows.append((name, n, timed, med, spread, work, cpu_work,
                          real_ms))  # fmt: skip
             print(f"{name}: null networks, plain {med['plain']:.2f} ms/step ({spread['plain']}), "
                   f"lightning {med['lightning']:.2f} ({spread['lightning']}): framework "
