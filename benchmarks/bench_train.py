@@ -444,12 +444,13 @@ def overhead_main(repeats: int = 6, quick: bool = False, cases: list[str] | None
 Command: `{command}` (or `python benchmarks/bench_train.py --overhead --repeats {repeats}`).
 Machine: {describe_machine()}. Each case's data, batch transform, loss, metrics, optimizers,
 callbacks and logger as above, around networks that cost next to nothing (a classifier and a
-discriminator that read each image's mean, a generator that repeats each pixel), so that the
-sides differ by the framework's own work per step: milliseconds a step, well above this
-machine's noise, where the whole step's difference is a few percent of a noisy whole. Median
-of {repeats} fresh processes per side, alternating (range in brackets); the framework's share is
-its work per step over the real networks' step in the plain loop (one process; {step_batches}).
-Goal: at most 2%.
+discriminator that read each image's mean, a generator that repeats each pixel), so that what
+separates the sides is the framework's own work, about a millisecond a step, instead of a percent
+or two of a step that itself varies by several percent from one process to the next. A
+process's timings still vary (the ranges in brackets): the table gives the median of {repeats}
+fresh processes per side, alternating, in wall time and in process CPU time (both threads). The
+framework's share is its work per step over the real networks' step in the plain loop (one
+process; {step_batches}). Goal: at most 2%.
 
 | case | batch | timed batches | plain loop (ms/step) | Lightning (ms/step) | framework's work (ms/step) | (CPU ms/step) | real step, plain loop (ms) | framework's share |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
