@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lensexp.data.base import seed_generators
 from lensexp.data.classification import LensClassificationDataModule
 from lensexp.data.superres import SuperResolutionDataModule
+from lensexp.data.transforms import random_dihedral
 from lensexp.errors import LensexpError
 from tests.helpers import (
     PUBLIC_CLASSES,
@@ -456,6 +457,29 @@ def test_batch_transform_augments_only_in_training(classification_root, cache_di
         assert torch.equal(x.flatten().sort().values, y.flatten().sort().values)
     off = module(classification_root, cache_dir, augment={"flips": False, "rot90": False})
     assert torch.equal(off.batch_transform((images, labels), train=True)[0], images)
+
+
+@pytest.mark.parametrize("flips,rot90", [(True, True), (True, False), (False, True)])
+def test_random_dihedral_is_a_mirror_then_quarter_turns_per_sample(flips, rot90):
+    # The augmentation as documented, sample by sample: a mirror bit per sample (rand < 0.5),
+    # then quarter turns (randint 0-3), drawn in that order from torch's generator, applied to
+    # every tensor of the call (3 channels; an image and one twice its size). Seeded runs and
+    # resumed runs depend on these draws and their meaning.
+    small = torch.rand(64, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    large = torch.rand(64, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    out_small, out_large = random_dihedral(small, large, flips=flips, rot90=rot90)
+    torch.manual_seed(7)
+    mirror = (torch.rand(64) < 0.5).tolist() if flips else [False] * 64
+    turns = torch.randint(0, 4, (64,)).tolist() if rot90 else [0] * 64
+    for batch, out in ((small, out_small), (large, out_large)):
+        for x, y, m, k in zip(batch, out, mirror, turns, strict=True):
+            expected = torch.rot90(x.flip(-1) if m else x, k, dims=(-2, -1))
+            assert torch.equal(y, expected)
+    # every symmetry allowed was drawn (so each was checked)
+    assert len(set(zip(mirror, turns, strict=True))) == (1 + flips) * (4 if rot90 else 1)
+    with pytest.raises(ValueError, match="square"):
+        random_dihedral(torch.zeros(2, 1, 4, 6))
 
 
 # -- what both data modules share (super-resolution too), parametrised over the task ---------
