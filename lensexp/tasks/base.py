@@ -60,9 +60,8 @@ class TaskModule(L.LightningModule):
             )
         self.optimizer_factory = optimizer
         self.scheduler_spec = dict(scheduler) if scheduler else {}
-        # log_training's running means by logged name, made on first use, and the epoch each
-        # was last handed to self.log.
-        self.training_means = nn.ModuleDict()
+        # The epoch each of log_training's running means was last handed to self.log; the means
+        # themselves (`training_means`, by logged name) are made on first use.
         self._epoch_logged: dict[str, int] = {}
 
     # -- logging the training steps -------------------------------------------------------
@@ -102,9 +101,7 @@ class TaskModule(L.LightningModule):
         for name, value in values.items():
             stepwise_name = name in stepwise
             key = f"{name}_epoch" if stepwise_name else name
-            if key not in self.training_means:
-                self.training_means[key] = WeightedMean().to(value.device)
-            mean = self.training_means[key]
+            mean = self._running_mean(key, value.device)
             mean.update(value, batch_size)
             self.log_epoch_metric(key, mean, prog_bar=name in prog_bar)
             if stepwise_name:
@@ -112,6 +109,15 @@ class TaskModule(L.LightningModule):
             if stepwise_name and writes_step:
                 self.log(f"{name}_step", value, on_step=True, on_epoch=False,
                          prog_bar=name in prog_bar, batch_size=batch_size)  # fmt: skip
+
+    def _running_mean(self, key: str, device: torch.device) -> WeightedMean:
+        means = getattr(self, "training_means", None)
+        if means is None:
+            # Made here, after the model summary (which need not list it), not in __init__.
+            self.training_means = means = nn.ModuleDict()
+        if key not in means:
+            means[key] = WeightedMean().to(device)
+        return means[key]
 
     def _loggers_write_this_step(self) -> bool:
         """Whether Lightning writes this training step's logged values to the loggers: its
