@@ -322,6 +322,13 @@ def test_training_logs_epoch_means_every_step_and_step_values_when_written(
             assert float(row["train/loss_pixel"]) == pytest.approx(mean, rel=1e-5)
         assert float(t.callback_metrics["train/loss"]) == pytest.approx(mean, rel=1e-5)
 
+    # A module fitted twice (a new Trainer, epochs counted from 0 again) logs both times.
+    twice = make_module(name)
+    for _ in range(2):
+        again = trainer(max_epochs=1, limit_train_batches=None)
+        again.fit(twice, train_dataloaders=loader(18), val_dataloaders=loader())
+        assert {f"{stepwise}_epoch", stepwise, "train/loss_pixel"} <= set(again.callback_metrics)
+
 
 def test_discriminator_warmup_leaves_out_the_gan_term() -> None:
     module = make_module("adversarial", discriminator_warmup_steps=100)
