@@ -126,16 +126,38 @@ class ProgressBar(RichProgressBar):
     between looks at its stop flag, and stopping the bar joins it: every `fit` ended up to a
     second later at `refresh_rate: 1` (docs/benchmarks.md, start-up and whole-process time).
     Here stopping sets the flag and lets the thread (a daemon) end on its own: after the flag it
-    draws nothing more."""
+    draws nothing more.
+
+    Lightning reads the bar's metrics after every training batch, each turned into a Python
+    number: on a GPU a wait for the device on every step. Here they are read after a batch at
+    most as often as the bar is drawn (`refresh_rate` times a second), and as always at the end
+    of each epoch and validation."""
 
     def __init__(self, *args: Any, terminal_only: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.terminal_only = terminal_only
+        self._in_train_batch_end = False
+        self._next_metrics_read = 0.0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if self.terminal_only and not stdout_is_terminal():
             self.disable()
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._in_train_batch_end = True
+        try:
+            super().on_train_batch_end(*args, **kwargs)
+        finally:
+            self._in_train_batch_end = False
+
+    def _update_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.monotonic()
+        if self._in_train_batch_end and now < self._next_metrics_read:
+            return
+        if self.refresh_rate > 0:
+            self._next_metrics_read = now + 1.0 / self.refresh_rate
+        super()._update_metrics(trainer, pl_module)
 
     def _stop_progress(self) -> None:
         live = getattr(self.progress, "live", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 
 import lightning as L
 import pytest
@@ -79,6 +80,39 @@ def test_progress_bar_draws_in_a_terminal_only(tmp_path, monkeypatch, terminal) 
     assert (bar.progress is not None) is terminal
     # Rich draws the epochs' bars ("Epoch 1/1 ... 2/2") into a terminal, nothing into a log.
     assert ("Epoch 1/1" in out.getvalue()) is terminal
+
+
+class LoggedRegression(Regression):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+
+def test_progress_bar_reads_its_metrics_as_often_as_it_draws(tmp_path) -> None:
+    # 2 epochs of 30 fast batches, the bar drawn once a second (as in conf/callbacks): Lightning's
+    # bar reads (and turns into numbers, a wait for a GPU) the shown metrics after every batch.
+    bar = ProgressBar(refresh_rate=1, terminal_only=False)
+    reads: list[dict] = []
+    get_metrics = bar.get_metrics
+
+    def counted(*args):
+        reads.append(get_metrics(*args))
+        return reads[-1]
+
+    bar.get_metrics = counted
+    trainer = L.Trainer(max_epochs=2, callbacks=[bar], logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    data = DataLoader(TensorDataset(torch.randn(120, 4), torch.randn(120, 1)), batch_size=4)
+    started = time.monotonic()
+    trainer.fit(LoggedRegression(), data, data)
+    seconds = time.monotonic() - started
+
+    # At most one read a second after batches, plus each epoch's end and each validation's end.
+    assert len(reads) <= 2 * 2 + int(seconds) + 2 < 60
+    # The last read, at the end of fit, shows the last epoch's mean.
+    epoch_loss = float(trainer.callback_metrics["train/loss_epoch"])
+    assert reads[-1]["train/loss_epoch"] == pytest.approx(epoch_loss)
 
 
 def test_entry_point_collects_the_garbage_then_freezes_what_lives(monkeypatch) -> None:
