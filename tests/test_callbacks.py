@@ -28,19 +28,28 @@ class Regression(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit_with(tmp_path, callbacks: list[Callback], max_epochs: int = 1) -> L.Trainer:
-    """The trainer, after fitting `Regression` on two batches an epoch with `callbacks`."""
+def fit_with(
+    tmp_path,
+    callbacks: list[Callback],
+    max_epochs: int = 1,
+    module: L.LightningModule | None = None,
+    batches: int = 2,
+    validate: bool = False,
+) -> L.Trainer:
+    """The trainer, after fitting `module` (`Regression`) on `batches` batches of 4 an epoch
+    with `callbacks` (and validating on the same batches, if `validate`)."""
     trainer = L.Trainer(
         max_epochs=max_epochs,
-        limit_train_batches=2,
         callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
     )
-    data = TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
-    trainer.fit(Regression(), DataLoader(data, batch_size=4))
+    data = DataLoader(
+        TensorDataset(torch.randn(4 * batches, 4), torch.randn(4 * batches, 1)), batch_size=4
+    )
+    trainer.fit(module or Regression(), data, data if validate else None)
     return trainer
 
 
@@ -101,11 +110,8 @@ def test_progress_bar_reads_its_metrics_as_often_as_it_draws(tmp_path) -> None:
         return reads[-1]
 
     bar.get_metrics = counted
-    trainer = L.Trainer(max_epochs=2, callbacks=[bar], logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    data = DataLoader(TensorDataset(torch.randn(120, 4), torch.randn(120, 1)), batch_size=4)
     started = time.monotonic()
-    trainer.fit(LoggedRegression(), data, data)
+    trainer = fit_with(tmp_path, [bar], 2, LoggedRegression(), batches=30, validate=True)
     seconds = time.monotonic() - started
 
     # At most one read a second after batches, plus each epoch's end and each validation's end.
