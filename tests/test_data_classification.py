@@ -612,6 +612,23 @@ def test_random_center_crop_is_training_only_and_per_sample() -> None:
     assert 10 <= sum(is_zoomed) <= 40  # about 0.4 of 64
 
 
+def test_training_augmentation_never_reads_a_value_back_from_the_device() -> None:
+    """On a GPU, reading a value back (`bool(t.any())`, `t.item()`, indexing by a mask) waits
+    for every queued kernel once a batch. Meta tensors have no values, so any such read fails."""
+    from lensexp.data.transforms import ClassificationTransform, random_patches
+
+    reference = ClassificationTransform(flips=True, rot90=False, rotation_degrees=90.0,
+                                        resize=224, random_center_crop=100,
+                                        random_center_crop_p=0.4)  # fmt: skip
+    x = torch.empty(8, 1, 150, 150, device="meta")
+    assert reference(x, train=True).shape == (8, 1, 224, 224)
+    assert ClassificationTransform()(x, train=True).shape == (8, 1, 150, 150)  # the default
+    lr, hr = random_patches(torch.empty(4, 1, 75, 75, device="meta"),
+                            torch.empty(4, 1, 150, 150, device="meta"), 24, 2)  # fmt: skip
+    lr, hr = random_dihedral(lr, hr)
+    assert lr.shape == (4, 1, 24, 24) and hr.shape == (4, 1, 48, 48)
+
+
 def test_stray_files_and_links_out_of_the_root_are_skipped_with_one_warning(
     tmp_path, cache_dir, caplog
 ):
