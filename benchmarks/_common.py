@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
+from lensexp.hydra_setup import compose_run_config
 from lensexp.provenance import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,16 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def compose_cfg(overrides: list[str], data_dir: Path, out: Path) -> DictConfig:
     """The config `python train.py OVERRIDES` would run, data and outputs where given."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[f"paths.data_dir={data_dir}", f"paths.output_dir={out}", *overrides],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    paths = [f"paths.data_dir={data_dir}", f"paths.output_dir={out}"]
+    return compose_run_config(ROOT / "conf", [*paths, *overrides])
 
 
 def describe_machine() -> str:

@@ -39,11 +39,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import lightning as L  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
 
-from benchmarks._common import describe_machine  # noqa: E402
+from benchmarks._common import compose_cfg, describe_machine  # noqa: E402
 from benchmarks._report import write_section  # noqa: E402
 from lensexp.builders import build_callbacks, build_datamodule, build_module  # noqa: E402
 
@@ -175,29 +174,22 @@ class WindowTimer(Callback):
             self.wall, self.cpu = self.window.stop()
 
 
-def compose_cfg(
+def case_cfg(
     overrides: list[str], data_dir: Path, out: Path, batches: int | None, epochs: int = 1
 ) -> Any:
     """The case's config: `epochs` epochs of `batches` batches each (None: all), no validation."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                *overrides,
-                f"paths.data_dir={data_dir}",
-                f"paths.output_dir={out}",
-                "trainer=cpu",
-                f"trainer.max_epochs={epochs}",
-                f"++trainer.limit_train_batches={'null' if batches is None else batches}",
-                "++trainer.limit_val_batches=0",
-                "++trainer.num_sanity_val_steps=0",
-                "logger=csv",
-                "scheduler=none",  # no validation here for a plateau scheduler to read
-                # The bar as in a terminal: this worker's stdout is a pipe, where it draws none.
-                "callbacks.progress_bar.terminal_only=false",
-            ],
-        )
-    return cfg
+    limits = [
+        "trainer=cpu",
+        f"trainer.max_epochs={epochs}",
+        f"++trainer.limit_train_batches={'null' if batches is None else batches}",
+        "++trainer.limit_val_batches=0",
+        "++trainer.num_sanity_val_steps=0",
+        "logger=csv",
+        "scheduler=none",  # no validation here for a plateau scheduler to read
+        # The bar as in a terminal: this worker's stdout is a pipe, where it draws none.
+        "callbacks.progress_bar.terminal_only=false",
+    ]
+    return compose_cfg([*overrides, *limits], data_dir, out)
 
 
 def build(cfg: Any, null: bool) -> tuple[Any, Any]:
@@ -322,7 +314,7 @@ def measure(
     """One side of one case in this process: images/s (wall) and CPU seconds per image."""
     torch.set_num_threads(os.cpu_count() or 1)
     overrides, batches, warmup, epochs = case(name, quick, kind)
-    cfg = compose_cfg(overrides, data_dir, data_dir.parent / f"out_{side}", batches, epochs)
+    cfg = case_cfg(overrides, data_dir, data_dir.parent / f"out_{side}", batches, epochs)
     rate = lightning_rate if side == "lightning" else plain_rate
     return rate(cfg, warmup, null=kind == "overhead")
 
@@ -359,7 +351,7 @@ def main(repeats: int = 4, quick: bool = False, cases: list[str] | None = None,
         for name in cases or list(CASES):
             data_dir = Path(tmp) / "data"
             overrides, batches, warmup, _ = case(name, quick)
-            cfg = compose_cfg(overrides, data_dir, Path(tmp) / "out", batches)
+            cfg = case_cfg(overrides, data_dir, Path(tmp) / "out", batches)
             build_datamodule(cfg)  # simulate once, outside the timings
             runs = measure_sides(name, quick, data_dir, repeats, "throughput")
             rate = {s: statistics.median(r for r, _ in v) for s, v in runs.items()}
@@ -408,7 +400,7 @@ def overhead_main(repeats: int = 6, quick: bool = False, cases: list[str] | None
         data_dir = Path(tmp) / "data"
         for name in cases or list(OVERHEAD_CASES):
             overrides, batches, warmup, epochs = case(name, quick, "overhead")
-            cfg = compose_cfg(overrides, data_dir, Path(tmp) / "out", batches, epochs)
+            cfg = case_cfg(overrides, data_dir, Path(tmp) / "out", batches, epochs)
             datamodule = build_datamodule(cfg)  # simulate once, outside the timings
             datamodule.setup("fit")
             batches = epochs * (batches or len(datamodule.train_dataloader()))

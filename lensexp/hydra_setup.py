@@ -6,10 +6,13 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 def parallel_jobs(num_threads: int | str | None) -> int:
@@ -54,3 +57,18 @@ def prepare_hydra() -> None:
     # Hydra checks them against the plugins' schemas (a misspelt key fails) and says that this
     # matching is deprecated. The files list every key, so they work without it too.
     warnings.filterwarnings("ignore", message=r"(?s).*validated against ConfigStore schema")
+
+
+def compose_run_config(
+    config_dir: str | Path, overrides: Sequence[str], config_name: str = "train"
+) -> DictConfig:
+    """The config `python <config_name>.py OVERRIDES` would run, composed without running it
+    (notebooks, tests, benchmarks). Hydra's runtime config is installed as a run has it, so
+    code that reads the chosen options (run names, the builders' checks) sees this one."""
+    prepare_hydra()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

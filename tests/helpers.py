@@ -16,10 +16,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from lensexp.hydra_setup import compose_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -182,25 +182,10 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def compose_cfg(tmp_path: Path, overrides: Sequence[str], name: str = "train") -> DictConfig:
-    """The config `python <name>.py OVERRIDES` would run, with data and outputs under `tmp_path`.
-
-    Hydra's own runtime config is installed too (as a real run has it), so code that reads the
-    chosen options or the config sources sees this composition.
-    """
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            name,
-            overrides=[
-                f"paths.data_dir={tmp_path / 'data'}",
-                f"paths.output_dir={tmp_path / 'out'}",
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    """The config `python <name>.py OVERRIDES` would run, with data and outputs under `tmp_path`
+    (and Hydra's runtime config installed, as a real run has it)."""
+    paths = [f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'out'}"]
+    return compose_run_config(CONF, [*paths, *overrides], name)
 
 
 # A tiny re-implementation of the DeepLense reference generator, with its parameter names.
