@@ -66,7 +66,7 @@ def compose_run_config(
     (notebooks, tests, benchmarks). Hydra's runtime config is installed as a run has it, so
     code that reads the chosen options (run names, the builders' checks) sees this one."""
     prepare_hydra()
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):

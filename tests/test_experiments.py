@@ -158,3 +158,16 @@ def test_default_run_is_the_measured_cpu_choice(tmp_path: Path) -> None:
     assert composed(tmp_path, "model=resnet18")["trainer.max_epochs"] == 30
     assert composed(tmp_path, "model=srresnet")["trainer.max_epochs"] == 10
     assert composed(tmp_path, "trainer=cpu", "trainer.max_epochs=3")["trainer.max_epochs"] == 3
+
+
+def test_compose_run_config_from_a_relative_folder_installs_hydras_choices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from lensexp.hydra_setup import compose_run_config
+
+    monkeypatch.chdir(CONF.parent)
+    cfg = compose_run_config("conf", ["experiment=trail_baseline"])
+    assert "hydra" not in cfg and cfg.model.generator.n_blocks == 16
+    assert HydraConfig.get().runtime.choices["experiment"] == "trail_baseline"
