@@ -161,7 +161,7 @@ def test_default_run_is_the_measured_cpu_choice(tmp_path: Path) -> None:
 
 
 def test_compose_run_config_from_a_relative_folder_installs_hydras_choices(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from hydra.core.hydra_config import HydraConfig
 
