@@ -210,7 +210,11 @@ def lightning_rate(cfg: Any, warmup: int, null: bool = False) -> tuple[float, fl
     callbacks = [c for c in build_callbacks(cfg) if not isinstance(c, ModelCheckpoint)]
     loggers = [instantiate(n) for n in cfg.logger.values()]
     trainer = instantiate(
-        cfg.trainer, callbacks=[*callbacks, timer], logger=loggers, enable_checkpointing=False
+        cfg.trainer,
+        callbacks=[*callbacks, timer],
+        logger=loggers,
+        enable_checkpointing=False,
+        enable_model_summary=False,  # the summary is one of `callbacks`, as in build_trainer
     )
     trainer.fit(module, datamodule=datamodule)
     return timer.images / timer.wall, timer.cpu / timer.images

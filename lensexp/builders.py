@@ -26,7 +26,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelSummary
 from omegaconf import DictConfig, OmegaConf
 
 from lensexp.callbacks import CONFIG_KEY, LogHparams, StoreConfig
@@ -297,7 +297,14 @@ def build_loggers(cfg: DictConfig) -> list[Any] | bool:
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The training Trainer: `cfg.trainer` with the run's callbacks and loggers."""
-    return instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg))
+    callbacks = build_callbacks(cfg)
+    if cfg.trainer.get("enable_model_summary") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    # The summary is a callback of the `callbacks` group (`model_summary`); told that one is
+    # there, Lightning would add nothing but a console notice saying so.
+    return instantiate(
+        cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg), enable_model_summary=False
+    )
 
 
 def build_report_trainer(cfg: DictConfig, keep_limits: bool) -> L.Trainer:

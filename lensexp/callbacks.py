@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback, RichModelSummary, RichProgressBar
+from lightning.pytorch.callbacks import ModelSummary as PlainModelSummary
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -115,12 +116,26 @@ class EpochLog(Callback):
         )
 
 
+class ModelSummary(RichModelSummary):
+    """The model summary at the start of fit: Rich's table in a terminal; elsewhere (a log file,
+    a SLURM output) Lightning's plain-text table, whole, where Rich would fit its table to 80
+    columns and cut the type names. `max_depth`: the levels of submodules shown (0: none, -1:
+    all)."""
+
+    @staticmethod
+    def summarize(*args: Any, **kwargs: Any) -> None:
+        if stdout_is_terminal():
+            RichModelSummary.summarize(*args, **kwargs)
+        else:
+            PlainModelSummary.summarize(*args, **kwargs)
+
+
 class ProgressBar(RichProgressBar):
     """Lightning's RichProgressBar, drawn only in a terminal and without the wait when it stops.
 
     `terminal_only`: draw nothing when stdout is not a terminal (a log file, a SLURM output),
     where Rich would print the bar's last frame, wrapped to 80 columns, at the end of each stage;
-    `EpochLog` writes a line per epoch there instead. The model summary stays Rich's.
+    `EpochLog` writes a line per epoch there instead.
 
     Lightning's drawing thread sleeps a whole refresh period (1 / `refresh_rate` seconds)
     between looks at its stop flag, and stopping the bar joins it: every `fit` ended up to a

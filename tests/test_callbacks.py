@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 import time
 
@@ -12,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from lensexp.callbacks import ProgressBar
+from lensexp.callbacks import ModelSummary, ProgressBar
 
 
 class Regression(L.LightningModule):
@@ -89,6 +90,39 @@ def test_progress_bar_draws_in_a_terminal_only(tmp_path, monkeypatch, terminal) 
     assert (bar.progress is not None) is terminal
     # Rich draws the epochs' bars ("Epoch 1/1 ... 2/2") into a terminal, nothing into a log.
     assert ("Epoch 1/1" in out.getvalue()) is terminal
+
+
+class ALayerTypeNameTooLongForAnEightyColumnTable(torch.nn.Linear):
+    pass
+
+
+class LongTypeNameRegression(Regression):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = ALayerTypeNameTooLongForAnEightyColumnTable(4, 1)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_model_summary_is_rich_in_a_terminal_and_whole_plain_text_in_logs(
+    tmp_path, monkeypatch, caplog, terminal
+) -> None:
+    out = Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    summary_log = logging.getLogger("lightning.pytorch.callbacks.model_summary")
+    summary_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger=summary_log.name):
+            fit_with(tmp_path, [ModelSummary()], module=LongTypeNameRegression())
+    finally:
+        summary_log.removeHandler(caplog.handler)
+
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert ("┃" in out.getvalue()) is terminal  # Rich's table goes to the terminal
+    if not terminal:  # and Lightning's plain one, whole, to the log (Rich's would be cut)
+        assert "| layer | ALayerTypeNameTooLongForAnEightyColumnTable |" in logged
+        assert "Total params" in logged
+    else:
+        assert logged == ""
 
 
 class LoggedRegression(Regression):

@@ -211,9 +211,12 @@ def test_short_run_through_the_script(classification_root: Path, tmp_path: Path)
     # they use), no notice about our own callbacks, and the model summary.
     assert proc.stdout.count("GPU available:") == 1, proc.stdout[-3000:]
     assert "already configured" not in proc.stdout
-    assert "Total params" in proc.stdout
+    # Not a terminal: Lightning's plain-text table, whole (Rich's cut type names at 80 columns),
+    # in the job's log file too.
+    assert "| val_metrics | ClassificationMetrics" in proc.stdout, proc.stdout[-3000:]
+    assert "| val_metrics | ClassificationMetrics" in (out / "train.log").read_text()
     # With FLOPs, counted on the first training image (Lightning counts 0 without an example).
-    assert re.search(r"Total FLOPs: [1-9][\d.]* [KMG]", proc.stdout), proc.stdout[-3000:]
+    assert re.search(r"^[1-9][\d.]* [KMG] +Total Flops$", proc.stdout, re.M), proc.stdout[-3000:]
     # The run's TensorBoard folder is named after the model.
     (events,) = (out / "tensorboard" / "mobilenet_v3_small").glob("events.out.tfevents.*")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -528,6 +531,27 @@ def test_any_trainer_argument_from_the_command_line(tmp_path: Path, override: st
     else:
         (timer,) = [c for c in trainer.callbacks if isinstance(c, Timer)]
         assert timer._duration == 90.0
+
+
+@pytest.mark.parametrize(
+    "override,depths",
+    [(None, [1]), ("callbacks.model_summary.max_depth=2", [2]),
+     ("trainer.enable_model_summary=false", [])],
+)  # fmt: skip
+def test_the_model_summary_is_the_callbacks_groups_and_the_trainer_flag_turns_it_off(
+    tmp_path: Path, override: str | None, depths: list[int]
+) -> None:
+    from lightning.pytorch.callbacks import ModelSummary
+
+    from lensexp.builders import build_trainer
+    from lensexp.callbacks import ModelSummary as LensexpSummary
+
+    trainer = build_trainer(
+        compose_cfg(tmp_path, ["logger=csv", *([override] if override else [])])
+    )
+    summaries = [c for c in trainer.callbacks if isinstance(c, ModelSummary)]
+    assert [type(c) for c in summaries] == [LensexpSummary] * len(depths)
+    assert [c._max_depth for c in summaries] == depths
 
 
 def test_trainer_config_lists_every_trainer_argument() -> None:
