@@ -101,10 +101,15 @@ class EpochLog(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (self.always or not stdout_is_terminal()) or not trainer.is_global_zero:
             return
+        values = trainer.callback_metrics
+        # A value logged on_step and on_epoch is there three times: `name` and `name_epoch` (the
+        # epoch's mean) and `name_step` (the last step's); the line shows `name`.
         metrics = ", ".join(
             f"{name} {float(value):.4g}"
-            for name, value in sorted(trainer.callback_metrics.items())
-            if name.startswith(("val/", "train/")) and value.numel() == 1
+            for name, value in sorted(values.items())
+            if name.startswith(("val/", "train/"))
+            and value.numel() == 1
+            and not (name.endswith(("_epoch", "_step")) and name.rpartition("_")[0] in values)
         )
         log.info(
             "epoch %d/%d (step %d): %s [%.1f s]",

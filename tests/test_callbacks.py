@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from lensexp.callbacks import ModelSummary, ProgressBar
+from lensexp.callbacks import EpochLog, ModelSummary, ProgressBar
 
 
 class Regression(L.LightningModule):
@@ -130,6 +130,17 @@ class LoggedRegression(Regression):
         loss = super().training_step(batch, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
+
+
+def test_epoch_log_line_shows_each_training_value_once(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="lensexp.callbacks"):
+        trainer = fit_with(tmp_path, [EpochLog(always=True)], 2, LoggedRegression())
+
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2 (step 2)", "epoch 2/2 (step 4)"]
+    epoch_mean = float(trainer.callback_metrics["train/loss_epoch"])
+    # the epoch's mean, not also as train/loss_epoch, nor the last step's train/loss_step
+    assert lines[-1].split(": ")[1].split(" [")[0] == f"train/loss {epoch_mean:.4g}"
 
 
 def test_progress_bar_reads_its_metrics_as_often_as_it_draws(tmp_path) -> None:
