@@ -1,5 +1,7 @@
 """What Hydra needs before it composes lensexp's configs: the resolvers they use, and the one
-warning lensexp's launcher files cause by design. The entry points call `prepare_hydra`."""
+warning lensexp's launcher files cause by design. The entry points call `prepare_hydra`;
+`compose_run_config` composes a run's config outside an entry point (notebooks, tests,
+benchmarks)."""
 
 from __future__ import annotations
 
